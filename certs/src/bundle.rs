@@ -42,10 +42,16 @@ impl Bundle {
     /// A new CA and a serving certificate signed by it, both valid from `now`
     /// (back-dated by an hour for clock skew).
     pub fn generate(cfg: &CertsConfig, now: SystemTime) -> Result<Bundle, Error> {
-        cfg.validate()?;
+        cfg.validate_certificates()?;
         let ca_key = new_key()?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = dn(&format!("hoard-webhook-ca.{}", cfg.namespace));
+        // A CA name unique per creation (like kube's `name@timestamp` self-signed
+        // certs) so a trust store holding an old and a new CA never confuses them.
+        let created = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        params.distinguished_name = dn(&format!("hoard-webhook-ca.{}@{created}", cfg.namespace));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -67,7 +73,7 @@ impl Bundle {
     /// A fresh serving certificate and key under this bundle's CA; `ca.crt` and
     /// `ca.key` are carried over unchanged, so the `caBundle` stays valid.
     pub fn renew_serving(&self, cfg: &CertsConfig, now: SystemTime) -> Result<Bundle, Error> {
-        cfg.validate()?;
+        cfg.validate_certificates()?;
         let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(Error::ReuseCa)?;
         let issuer =
             Issuer::from_ca_cert_pem(&self.ca_cert_pem, &ca_key).map_err(Error::ReuseCa)?;
@@ -118,11 +124,8 @@ fn issue_serving(
     ca_not_after: Option<OffsetDateTime>,
 ) -> Result<(String, String), Error> {
     let key = new_key()?;
-    let mut params =
-        CertificateParams::new(cfg.subject_alt_names()).map_err(|source| Error::BadSan {
-            names: cfg.subject_alt_names(),
-            source,
-        })?;
+    // Names were checked by `cfg.validate_certificates()`; rcgen only rejects non-ASCII.
+    let mut params = CertificateParams::new(cfg.subject_alt_names()).map_err(Error::Generate)?;
     params.distinguished_name = dn(&format!("{}.{}.svc", cfg.service_name, cfg.namespace));
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -131,4 +134,193 @@ fn issue_serving(
     set_validity(&mut params, now, cfg.serving_lifetime, ca_not_after);
     let cert = params.signed_by(&key, issuer).map_err(Error::Generate)?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{CertificateError, RootCertStore};
+
+    use super::*;
+    use crate::plan::not_after_of;
+
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+    fn cfg() -> CertsConfig {
+        let mut cfg = CertsConfig::new(
+            "hoard-system",
+            "hoard-webhook-tls",
+            "hoard-webhook",
+            "hoard",
+        );
+        cfg.extra_sans = vec!["127.0.0.1".into(), "::1".into()];
+        cfg
+    }
+
+    fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    /// What a TLS client that trusts only `ca_pem` (as the API server trusts the
+    /// `caBundle`) says about `cert_pem` presented for `name` at `at`.
+    fn verify(
+        ca_pem: &str,
+        cert_pem: &str,
+        name: &str,
+        at: SystemTime,
+    ) -> Result<(), rustls::Error> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .unwrap();
+        let leaf = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        let at = UnixTime::since_unix_epoch(at.duration_since(SystemTime::UNIX_EPOCH).unwrap());
+        verifier
+            .verify_server_cert(&leaf, &[], &name, &[], at)
+            .map(|_| ())
+    }
+
+    fn is_wrong_name(r: Result<(), rustls::Error>) -> bool {
+        matches!(
+            r,
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+            ))
+        )
+    }
+
+    #[test]
+    fn chain_is_accepted_for_every_service_name_and_rejected_for_others() {
+        let b = Bundle::generate(&cfg(), t0()).unwrap();
+        for name in cfg().subject_alt_names() {
+            verify(&b.ca_cert_pem, &b.cert_pem, &name, t0())
+                .unwrap_or_else(|e| panic!("{name} rejected: {e}"));
+        }
+        for name in [
+            "other",
+            "hoard-webhook.default.svc",
+            "evil.hoard-webhook.hoard-system.svc",
+            "127.0.0.2",
+            "localhost",
+        ] {
+            let r = verify(&b.ca_cert_pem, &b.cert_pem, name, t0());
+            assert!(is_wrong_name(r.clone()), "{name}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn chain_is_rejected_by_a_client_trusting_another_ca() {
+        let b = Bundle::generate(&cfg(), t0()).unwrap();
+        let other = Bundle::generate(&cfg(), t0() + Duration::from_secs(1)).unwrap();
+        let r = verify(
+            &other.ca_cert_pem,
+            &b.cert_pem,
+            "hoard-webhook.hoard-system.svc",
+            t0(),
+        );
+        assert!(
+            matches!(
+                r,
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer
+                ))
+            ),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn lifetimes_are_a_year_and_ten_years_and_skew_tolerant() {
+        let b = Bundle::generate(&cfg(), t0()).unwrap();
+        let name = "hoard-webhook.hoard-system.svc";
+        let end = |pem: &str| SystemTime::from(not_after_of(pem).unwrap());
+        assert_eq!(end(&b.cert_pem), t0() + YEAR);
+        assert_eq!(end(&b.ca_cert_pem), t0() + crate::DEFAULT_CA_LIFETIME);
+        // A client whose clock is 30 minutes behind still accepts the new cert.
+        verify(
+            &b.ca_cert_pem,
+            &b.cert_pem,
+            name,
+            t0() - Duration::from_secs(1800),
+        )
+        .unwrap();
+        let expired = verify(
+            &b.ca_cert_pem,
+            &b.cert_pem,
+            name,
+            t0() + YEAR + Duration::from_secs(1),
+        );
+        assert!(
+            matches!(
+                expired,
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::Expired | CertificateError::ExpiredContext { .. }
+                ))
+            ),
+            "{expired:?}"
+        );
+    }
+
+    #[test]
+    fn renewal_keeps_the_ca_so_the_old_ca_bundle_verifies_the_new_cert() {
+        let b = Bundle::generate(&cfg(), t0()).unwrap();
+        let later = t0() + YEAR * 3 / 4;
+        let renewed = b.renew_serving(&cfg(), later).unwrap();
+        assert_eq!(renewed.ca_cert_pem, b.ca_cert_pem);
+        assert_ne!(renewed.cert_pem, b.cert_pem);
+        for name in cfg().subject_alt_names() {
+            // The caBundle the API server already holds is the old `ca.crt`.
+            verify(&b.ca_cert_pem, &renewed.cert_pem, &name, later)
+                .unwrap_or_else(|e| panic!("{name} rejected after renewal: {e}"));
+        }
+        // And the renewed cert outlives the old one.
+        verify(
+            &b.ca_cert_pem,
+            &renewed.cert_pem,
+            "hoard-webhook",
+            t0() + YEAR * 3 / 2,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn debug_output_hides_private_keys() {
+        let b = Bundle::generate(&cfg(), t0()).unwrap();
+        let shown = format!("{b:?}");
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        assert!(shown.contains("BEGIN CERTIFICATE"));
+    }
+
+    #[test]
+    fn out_of_cluster_generation_needs_no_secret_or_webhook_names() {
+        let c = CertsConfig::new("e2e", "", "webhook", "");
+        assert!(c.validate().is_err(), "ensure() needs the names");
+        let b = Bundle::generate(&c, t0()).unwrap();
+        verify(&b.ca_cert_pem, &b.cert_pem, "webhook.e2e.svc", t0()).unwrap();
+    }
+
+    #[test]
+    fn invalid_config_is_refused_with_guidance() {
+        let mut c = cfg();
+        c.renew_fraction = 1.5;
+        let err = Bundle::generate(&c, t0()).unwrap_err().to_string();
+        assert!(err.contains("between 0 and 1"), "{err}");
+        let mut c = cfg();
+        c.extra_sans = vec!["not a name!".into()];
+        let err = Bundle::generate(&c, t0()).unwrap_err().to_string();
+        assert!(
+            err.contains("\"not a name!\" is neither an IP address nor a DNS name"),
+            "{err}"
+        );
+    }
 }

@@ -90,17 +90,41 @@ impl CertsConfig {
         names
     }
 
-    /// Rejects configs that would produce certificates nobody can use.
+    /// Rejects configs that [`crate::ensure`] cannot act on: everything
+    /// [`Self::validate_certificates`] checks, plus the Secret and webhook names.
     pub fn validate(&self) -> Result<(), Error> {
-        let bad = |why: String| Err(Error::InvalidConfig(why));
         for (field, value) in [
-            ("namespace", &self.namespace),
             ("secret name", &self.secret_name),
-            ("service name", &self.service_name),
             ("webhook configuration name", &self.webhook_config_name),
         ] {
             if value.is_empty() {
+                return Err(Error::InvalidConfig(format!(
+                    "the {field} is empty; pass it explicitly"
+                )));
+            }
+        }
+        self.validate_certificates()
+    }
+
+    /// Rejects configs that would produce certificates nobody can use. This is all
+    /// [`crate::Bundle::generate`] needs, so an out-of-cluster test may leave the
+    /// Secret and webhook names empty.
+    pub fn validate_certificates(&self) -> Result<(), Error> {
+        let bad = |why: String| Err(Error::InvalidConfig(why));
+        for (field, value) in [
+            ("namespace", &self.namespace),
+            ("service name", &self.service_name),
+        ] {
+            if value.is_empty() {
                 return bad(format!("the {field} is empty; pass it explicitly"));
+            }
+        }
+        for name in self.subject_alt_names() {
+            if name.parse::<std::net::IpAddr>().is_err() && !is_dns_name(&name) {
+                return Err(Error::BadSan {
+                    name,
+                    why: "neither an IP address nor a DNS name (letters, digits, '-' and '.')",
+                });
             }
         }
         if !(self.renew_fraction > 0.0 && self.renew_fraction < 1.0) {
@@ -123,4 +147,17 @@ impl CertsConfig {
         }
         Ok(())
     }
+}
+
+/// RFC 1123 host name: dot-separated labels of 1-63 letters, digits and inner '-'.
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }

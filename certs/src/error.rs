@@ -14,13 +14,9 @@ pub enum Error {
     Generate(#[source] rcgen::Error),
 
     #[error(
-        "subject alternative names {names:?} are not valid DNS names or IP addresses: {source}; fix the service name or --extra-san"
+        "subject alternative name {name:?} is {why}; fix the service name, namespace or extra SANs"
     )]
-    BadSan {
-        names: Vec<String>,
-        #[source]
-        source: rcgen::Error,
-    },
+    BadSan { name: String, why: &'static str },
 
     #[error(
         "the stored CA cannot sign a new serving certificate: {0}; delete the Secret so a new CA is created"
