@@ -16,7 +16,8 @@ use crate::{CertsConfig, Error};
 /// the serving certificate can be renewed under the same CA.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Bundle {
-    /// `ca.crt`: the self-signed CA, also written into the webhook's `caBundle`.
+    /// `ca.crt`: the self-signed CA, also written into the webhook's `caBundle`;
+    /// right after a CA change it is followed by the previous CA (see [`Bundle::rotate`]).
     pub ca_cert_pem: String,
     /// `ca.key`: the CA's PKCS#8 private key.
     pub ca_key_pem: String,
@@ -68,6 +69,19 @@ impl Bundle {
             cert_pem,
             key_pem,
         })
+    }
+
+    /// A new CA and serving certificate replacing this bundle. While this bundle's
+    /// CA is still unexpired, the new `ca.crt` carries it after the new CA, so the
+    /// `caBundle` trusts both: a replica still serving the old certificate keeps
+    /// working until its renewal loop picks up the new one. The old CA's key is
+    /// discarded, so it can sign nothing new.
+    pub fn rotate(&self, cfg: &CertsConfig, now: SystemTime) -> Result<Bundle, Error> {
+        let mut next = Bundle::generate(cfg, now)?;
+        if let Some(old) = crate::plan::first_live_ca_block(&self.ca_cert_pem, now) {
+            next.ca_cert_pem.push_str(&old);
+        }
+        Ok(next)
     }
 
     /// A fresh serving certificate and key under this bundle's CA; `ca.crt` and
@@ -175,9 +189,9 @@ mod tests {
         at: SystemTime,
     ) -> Result<(), rustls::Error> {
         let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-            .unwrap();
+        for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(ca.unwrap()).unwrap();
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
@@ -291,6 +305,75 @@ mod tests {
             t0() + YEAR * 3 / 2,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn ca_rotation_trusts_old_and_new_ca_until_the_old_one_expires() {
+        let old = Bundle::generate(&cfg(), t0()).unwrap();
+        let at = t0() + YEAR * 7;
+        let new = old.rotate(&cfg(), at).unwrap();
+        assert_eq!(
+            CertificateDer::pem_slice_iter(new.ca_cert_pem.as_bytes()).count(),
+            2
+        );
+        assert!(
+            new.ca_cert_pem.ends_with(&old.ca_cert_pem),
+            "old CA kept second"
+        );
+        assert_ne!(new.ca_key_pem, old.ca_key_pem);
+        assert_eq!(crate::plan(Some(&new), at, &cfg()), crate::Decision::Keep);
+        // The new caBundle accepts both the old replica's and the new replica's cert
+        // (the old serving cert is long expired here, so check it at its own time).
+        verify(
+            &new.ca_cert_pem,
+            &new.cert_pem,
+            "hoard-webhook.hoard-system.svc",
+            at,
+        )
+        .unwrap();
+        verify(
+            &new.ca_cert_pem,
+            &old.cert_pem,
+            "hoard-webhook.hoard-system.svc",
+            t0(),
+        )
+        .unwrap();
+        // Renewal under the new CA keeps the two-CA bundle and signs with the new key.
+        let renewed = new.renew_serving(&cfg(), at + YEAR * 3 / 4).unwrap();
+        assert_eq!(renewed.ca_cert_pem, new.ca_cert_pem);
+        verify(
+            &new.ca_cert_pem[..new.ca_cert_pem.len() - old.ca_cert_pem.len()],
+            &renewed.cert_pem,
+            "hoard-webhook",
+            at + YEAR * 3 / 4,
+        )
+        .unwrap();
+        // A second rotation drops the oldest CA: only the last one is carried over.
+        let newer = new.rotate(&cfg(), at + YEAR * 7).unwrap();
+        assert_eq!(
+            CertificateDer::pem_slice_iter(newer.ca_cert_pem.as_bytes()).count(),
+            2
+        );
+        assert!(!newer.ca_cert_pem.contains(&old.ca_cert_pem));
+    }
+
+    #[test]
+    fn ca_rotation_drops_an_expired_or_broken_old_ca() {
+        let old = Bundle::generate(&cfg(), t0()).unwrap();
+        let new = old.rotate(&cfg(), t0() + YEAR * 11).unwrap();
+        assert_eq!(
+            CertificateDer::pem_slice_iter(new.ca_cert_pem.as_bytes()).count(),
+            1
+        );
+        let broken = Bundle {
+            ca_cert_pem: "garbage".into(),
+            ..old
+        };
+        let new = broken.rotate(&cfg(), t0()).unwrap();
+        assert_eq!(
+            CertificateDer::pem_slice_iter(new.ca_cert_pem.as_bytes()).count(),
+            1
+        );
     }
 
     #[test]

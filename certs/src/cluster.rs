@@ -144,13 +144,16 @@ async fn ensure_secret(
                 info!(secret = %cfg.secret_name, %reason, "renewing the webhook serving certificate");
                 bundle.renew_serving(cfg, now)?
             }
-            (decision, _) => {
+            (decision, existing) => {
                 let reason = match decision {
                     Decision::RecreateAll { reason } | Decision::RenewServing { reason } => reason,
                     Decision::Keep => "nothing stored".into(),
                 };
                 info!(secret = %cfg.secret_name, %reason, "creating a new webhook CA and serving certificate");
-                Bundle::generate(cfg, now)?
+                match existing {
+                    Some(old) => old.rotate(cfg, now)?,
+                    None => Bundle::generate(cfg, now)?,
+                }
             }
         };
         let written = match current {

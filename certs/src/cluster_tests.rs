@@ -722,3 +722,28 @@ async fn renewal_loop_retries_a_failed_round_within_a_minute() {
         stored.cert_pem
     );
 }
+
+#[tokio::test]
+async fn ca_change_puts_old_and_new_ca_into_the_ca_bundle() {
+    let old = Bundle::generate(&cfg(), t0()).unwrap();
+    let ca = old.ca_cert_pem.as_str();
+    let fake = Fake::new(
+        Some(secret_json(&old, "5")),
+        mwc_json("1", &[Some(ca), Some(ca)]),
+    );
+    let now = t0() + YEAR * 7; // the CA has less than a third of its ten years left
+    let new = ensure_at(fake.client(), &cfg(), now).await.unwrap();
+
+    assert_ne!(new.ca_key_pem, old.ca_key_pem);
+    assert!(
+        new.ca_cert_pem.ends_with(&old.ca_cert_pem)
+            && new.ca_cert_pem.len() > old.ca_cert_pem.len(),
+        "old CA still trusted next to the new one"
+    );
+    assert_eq!(fake.stored(), Some(new.clone()));
+    let s = fake.state.lock().unwrap();
+    assert_eq!(
+        ca_bundles(&s.mwc),
+        vec![ca_bundle_json(&new.ca_cert_pem); 2]
+    );
+}

@@ -201,6 +201,21 @@ fn normalize_name(name: &str) -> String {
     }
 }
 
+/// The first PEM block of `pem` if it is a self-signed CA still valid at `now`:
+/// the previous CA worth trusting for a while after a CA change.
+pub(crate) fn first_live_ca_block(pem: &str, now: SystemTime) -> Option<String> {
+    let parsed = parse_pem(pem, "ca.crt").ok()?;
+    let ca = parse_cert(&parsed, "ca.crt").ok()?;
+    let now = OffsetDateTime::from(now);
+    let live = ca.is_ca()
+        && ca.verify_signature(None).is_ok()
+        && ca.validity().not_after.to_datetime() > now;
+    const END: &str = "-----END CERTIFICATE-----";
+    let start = pem.find("-----BEGIN CERTIFICATE-----")?;
+    let end = pem[start..].find(END)? + start + END.len();
+    live.then(|| format!("{}\n", &pem[start..end]))
+}
+
 /// The `notAfter` of the first certificate in `pem`, if it parses.
 pub(crate) fn not_after_of(pem: &str) -> Option<OffsetDateTime> {
     let pem = parse_pem(pem, "ca.crt").ok()?;
