@@ -22,6 +22,12 @@ pub const DEFAULT_SERVING_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60
 /// leaves many renewal-loop periods to retry through an API-server outage.
 pub const DEFAULT_RENEW_FRACTION: f64 = 1.0 / 3.0;
 
+/// How often the renewal loop checks: two GETs an hour are nothing for the API
+/// server, renewal windows are months long, and after a CA change the other
+/// replicas pick up the new certificate within the hour (the old CA stays trusted
+/// meanwhile).
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
 /// Certificates start an hour in the past so a node whose clock lags the one that
 /// issued them still accepts them.
 pub const BACKDATE: Duration = Duration::from_secs(60 * 60);

@@ -11,7 +11,29 @@
 //!
 //! Order matters during a CA change: the `caBundle` is updated before the files,
 //! so the API server trusts the new CA before the webhook serves a certificate
-//! signed by it.
+//! signed by it. During a CA change `ca.crt` carries the new and the previous CA,
+//! so replicas still serving the old certificate keep working until they renew.
+//!
+//! # Use from the webhook
+//!
+//! ```no_run
+//! # async fn start(client: kube::Client) -> Result<(), certs::Error> {
+//! use std::path::PathBuf;
+//! let cfg = certs::CertsConfig::new("hoard-system", "hoard-webhook-tls", "hoard-webhook", "hoard-webhook");
+//! let dir = PathBuf::from("/run/hoard/tls"); // an emptyDir the TLS reloader watches
+//! // Start-up: certificates exist, are stored and trusted before the server binds.
+//! let bundle = certs::ensure(client.clone(), &cfg).await?;
+//! certs::write_files(&bundle, &dir)?;
+//! // Then keep them fresh until shutdown.
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let renewal = tokio::spawn(certs::run_renewal_loop(
+//!     client, cfg, dir, certs::DEFAULT_CHECK_INTERVAL, async { stopped.await.ok(); },
+//! ));
+//! # drop((stop, renewal)); Ok(()) }
+//! ```
+//!
+//! Out of the cluster (e2e), [`Bundle::generate`] with `extra_sans = ["127.0.0.1"]`
+//! and [`write_files`] suffice; no Secret or webhook names are needed.
 
 mod bundle;
 mod cluster;
@@ -23,8 +45,8 @@ mod plan;
 pub use bundle::Bundle;
 pub use cluster::{ensure, ensure_at, run_renewal_loop};
 pub use config::{
-    BACKDATE, CertsConfig, DEFAULT_CA_LIFETIME, DEFAULT_RENEW_FRACTION, DEFAULT_SERVING_LIFETIME,
-    FIELD_MANAGER,
+    BACKDATE, CertsConfig, DEFAULT_CA_LIFETIME, DEFAULT_CHECK_INTERVAL, DEFAULT_RENEW_FRACTION,
+    DEFAULT_SERVING_LIFETIME, FIELD_MANAGER,
 };
 pub use error::Error;
 pub use files::{CA_CERT_FILE, CERT_FILE, KEY_FILE, write_files};
