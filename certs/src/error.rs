@@ -52,7 +52,7 @@ pub enum Error {
     },
 
     #[error(
-        "{what} kept conflicting with concurrent writers after {attempts} attempts; will retry on the next renewal"
+        "{what} kept conflicting with concurrent writers after {attempts} attempts; retry, and check that no other tool manages it"
     )]
     Conflict { what: String, attempts: u32 },
 

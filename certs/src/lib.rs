@@ -32,6 +32,14 @@
 //! # drop((stop, renewal)); Ok(()) }
 //! ```
 //!
+//! # Permissions
+//!
+//! The webhook's ServiceAccount needs, in its own namespace, `get`, `create` and
+//! `update` on `secrets` (a Role; `get`/`update` may be limited by `resourceNames`
+//! to the Secret, `create` cannot be), and cluster-wide `get` and `patch` on
+//! `mutatingwebhookconfigurations` limited by `resourceNames` to its own
+//! configuration. A missing one surfaces as [`Error::Forbidden`] naming it.
+//!
 //! Out of the cluster (e2e), [`Bundle::generate`] with `extra_sans = ["127.0.0.1"]`
 //! and [`write_files`] suffice; no Secret or webhook names are needed.
 
