@@ -11,6 +11,7 @@ pub mod blob;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod forget;
 pub mod id;
 pub mod index;
 pub mod keyfile;
