@@ -1,0 +1,188 @@
+//! Blob encoding: zstd compression (repository v2), then encryption; and the
+//! reverse with a check that the plaintext hashes to the blob id, so a blob
+//! that decrypts but is the wrong one (a swapped index entry) is caught too.
+
+use std::cell::RefCell;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Key;
+use crate::error::{Error, Result};
+use crate::id::Id;
+
+/// What a blob holds: file content or a directory listing (tree JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobType {
+    Data,
+    Tree,
+}
+
+impl BlobType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlobType::Data => "data",
+            BlobType::Tree => "tree",
+        }
+    }
+}
+
+impl fmt::Display for BlobType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// restic's (klauspost) default zstd level is "SpeedDefault", about zstd level 3.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+
+/// Largest plaintext we agree to inflate a blob to. restic's chunks are at
+/// most 8 MiB; trees of huge directories are larger, so leave ample room
+/// while refusing absurd lengths from a hostile index.
+pub const MAX_BLOB_PLAINTEXT: usize = 1 << 30;
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().map(|(l, _)| *l) != Some(level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, comp) = c.as_mut()?;
+        // Only worth it if it shrinks: cap the output below the input size.
+        let mut out = Vec::with_capacity(data.len());
+        match comp.compress_to_buffer(data, &mut out) {
+            Ok(_) if out.len() < data.len() => Some(out),
+            _ => None,
+        }
+    })
+}
+
+/// A blob ready to go into a pack.
+#[derive(Debug, Clone)]
+pub struct EncodedBlob {
+    /// `IV || ciphertext || MAC`.
+    pub bytes: Vec<u8>,
+    /// Set when the plaintext was compressed (v2 compressed blob types).
+    pub uncompressed_length: Option<u32>,
+}
+
+/// Compresses (when `level` is `Some` and it helps) and encrypts.
+///
+/// restic 0.14 always compresses in v2 repositories; storing incompressible
+/// data uncompressed is equally valid v2 (uncompressed and compressed blobs
+/// may be mixed) and saves the reader a decompression pass.
+pub fn encode(key: &Key, plaintext: &[u8], level: Option<i32>) -> Result<EncodedBlob> {
+    let len32 = u32::try_from(plaintext.len())
+        .map_err(|_| Error::corrupted("blob", "blob larger than 4 GiB cannot be stored"))?;
+    if let Some(c) = level
+        .filter(|_| !plaintext.is_empty())
+        .and_then(|level| compress(plaintext, level))
+    {
+        return Ok(EncodedBlob {
+            bytes: key.encrypt(&c),
+            uncompressed_length: Some(len32),
+        });
+    }
+    Ok(EncodedBlob {
+        bytes: key.encrypt(plaintext),
+        uncompressed_length: None,
+    })
+}
+
+/// Decrypts, decompresses and verifies `raw` (one blob's bytes from a pack).
+/// `file` names where it came from, for the error message.
+pub fn decode(
+    key: &Key,
+    id: &Id,
+    raw: &[u8],
+    uncompressed_length: Option<u32>,
+    file: &str,
+) -> Result<Vec<u8>> {
+    let pt = key.decrypt(raw).map_err(|_| Error::MacMismatch {
+        file: format!("{file} (blob {id})"),
+    })?;
+    let pt = match uncompressed_length {
+        None => pt,
+        Some(ul) => {
+            let ul = ul as usize;
+            if ul > MAX_BLOB_PLAINTEXT {
+                return Err(Error::corrupted(
+                    file,
+                    format!("blob {id}: uncompressed length {ul} is implausible"),
+                ));
+            }
+            let out = zstd::bulk::decompress(&pt, ul)
+                .map_err(|e| Error::corrupted(file, format!("blob {id}: zstd: {e}")))?;
+            if out.len() != ul {
+                return Err(Error::corrupted(
+                    file,
+                    format!(
+                        "blob {id}: decompressed to {} bytes, index says {ul}",
+                        out.len()
+                    ),
+                ));
+            }
+            out
+        }
+    };
+    if Id::hash(&pt) != *id {
+        return Err(Error::corrupted(
+            file,
+            format!("blob {id}: content does not match its id"),
+        ));
+    }
+    Ok(pt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressible_and_random_roundtrip() {
+        let key = Key::random();
+        let text = b"log line 12345 something happened\n".repeat(1000);
+        let e = encode(&key, &text, Some(3)).unwrap();
+        assert_eq!(e.uncompressed_length, Some(text.len() as u32));
+        assert!(e.bytes.len() < text.len() / 10);
+        assert_eq!(
+            decode(&key, &Id::hash(&text), &e.bytes, e.uncompressed_length, "p").unwrap(),
+            text
+        );
+
+        let rnd: Vec<u8> = (0..10_000).map(|_| rand::random::<u8>()).collect();
+        let e = encode(&key, &rnd, Some(3)).unwrap();
+        assert_eq!(
+            e.uncompressed_length, None,
+            "random data is stored uncompressed"
+        );
+        assert_eq!(
+            decode(&key, &Id::hash(&rnd), &e.bytes, None, "p").unwrap(),
+            rnd
+        );
+
+        let e = encode(&key, b"", Some(3)).unwrap();
+        assert_eq!(
+            decode(&key, &Id::hash(b""), &e.bytes, e.uncompressed_length, "p").unwrap(),
+            b""
+        );
+    }
+
+    #[test]
+    fn wrong_id_and_tamper_detected() {
+        let key = Key::random();
+        let e = encode(&key, b"abc", None).unwrap();
+        let err = decode(&key, &Id::hash(b"abd"), &e.bytes, None, "data/x").unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+        let mut bad = e.bytes.clone();
+        bad[20] ^= 1;
+        let err = decode(&key, &Id::hash(b"abc"), &bad, None, "data/x").unwrap_err();
+        assert!(matches!(err, Error::MacMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("data/x"));
+    }
+}
