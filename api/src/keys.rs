@@ -75,6 +75,11 @@ pub const RESTORE_DONE_MARKER: &str = "done";
 /// File name of the failure marker (content: the reason, UTF-8 text).
 pub const RESTORE_FAILED_MARKER: &str = "failed";
 
+/// Where the kubelet keeps [`RESTORE_STATUS_VOLUME`] on the node, relative to
+/// the pod's directory `<kubelet-root>/pods/<pod-uid>/`. The agent writes the
+/// markers below it (resolving beneath it, never following links).
+pub const RESTORE_STATUS_POD_SUBDIR: &str = "volumes/kubernetes.io~empty-dir/hoard-restore-status";
+
 /// Success marker, relative to the status volume: `<session-uid>/done`.
 pub fn restore_done_marker(session_uid: &str) -> String {
     format!("{session_uid}/{RESTORE_DONE_MARKER}")
@@ -101,6 +106,13 @@ pub const LABEL_BACKUP_CONFIGURATION: &str = "hoard.dev/backup-configuration";
 pub const LABEL_SESSION: &str = "hoard.dev/session";
 /// Finalizer the controllers put on sessions that own short-lived objects.
 pub const FINALIZER: &str = "hoard.dev/cleanup";
+
+/// Annotation on a repository credentials Secret in [`NAMESPACE`]:
+/// comma-separated namespaces whose `Repository` objects may name it (`*`:
+/// all). Without it no namespace may, so one tenant cannot borrow another's
+/// credentials by guessing a Secret name. See
+/// [`crate::repository::secret_allows_namespace`].
+pub const ANNOTATION_ALLOWED_NAMESPACES: &str = "hoard.dev/allowed-namespaces";
 
 // ---------------------------------------------------------------------------
 // Opt-outs and self-identification
@@ -155,6 +167,11 @@ mod tests {
     fn marker_paths_are_relative_to_the_status_volume() {
         assert_eq!(restore_done_marker("1234-ab"), "1234-ab/done");
         assert_eq!(restore_failed_marker("1234-ab"), "1234-ab/failed");
+    }
+
+    #[test]
+    fn status_volume_subdir_names_the_volume() {
+        assert!(RESTORE_STATUS_POD_SUBDIR.ends_with(&format!("/{RESTORE_STATUS_VOLUME}")));
     }
 
     #[test]

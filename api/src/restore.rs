@@ -12,6 +12,8 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::phase::GO_DURATION_CEL;
+
 use crate::common::{
     Driver, EmptyDirSettings, Phase, Progress, RepositoryRef, RuntimeSettings, TargetRef, TaskRef,
 };
@@ -71,9 +73,23 @@ pub struct RestoreSessionSpec {
     pub runtime_settings: Option<RuntimeSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temp_dir: Option<EmptyDirSettings>,
+    /// Deadline of each session (Go duration, e.g. `30m`, `2h`; Stash's
+    /// `timeOut`). Hosts that have not finished by then are marked failed and
+    /// held pods stop waiting. Default: [`crate::phase::DEFAULT_SESSION_TIMEOUT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(GO_DURATION_CEL).message("timeOut must be a Go duration such as 30m, 2h or 1h30m"))]
+    #[schemars(length(max = 64))]
+    pub time_out: Option<String>,
 }
 
 impl RestoreSessionSpec {
+    /// `timeOut`, or the default when absent.
+    pub fn timeout(&self) -> Result<std::time::Duration, crate::phase::DurationError> {
+        self.time_out.as_deref().map_or(
+            Ok(crate::phase::DEFAULT_SESSION_TIMEOUT),
+            crate::phase::parse_go_duration,
+        )
+    }
     /// `driver`, `Restic` when absent.
     pub fn driver(&self) -> Driver {
         self.driver.unwrap_or_default()

@@ -106,7 +106,9 @@ fn check_seed<T: serde::de::DeserializeOwned + serde::Serialize>(
     assert_eq!(doc["kind"], kind, "{name}");
     let typed: T = strict(&doc, name);
     let crd = crd_of(kind);
-    let errs = schema_errors(&doc, version_schema(&crd, version));
+    let mut errs = schema_errors(&doc, version_schema(&crd, version));
+    // ... and the CEL rules the API server would run.
+    errs.extend(common::cel_errors(&doc, &crd, version));
     assert!(
         errs.is_empty(),
         "{name} against the {kind} schema:\n  {}",

@@ -219,3 +219,27 @@ fn check(value: &Value, s: &JSONSchemaProps, path: &str, out: &mut Vec<String>) 
         }
     }
 }
+
+/// The CRD's CEL rules (`x-kubernetes-validations`) evaluated on `doc`
+/// client-side (kube's `cel` feature), one message per failed rule.
+pub fn cel_errors(doc: &Value, crd: &CustomResourceDefinition, version: &str) -> Vec<String> {
+    let schema = serde_json::to_value(version_schema(crd, version)).unwrap();
+    match kube::core::cel::Validator::new().validate(&schema, doc, None) {
+        Ok(()) => vec![],
+        Err(errs) => errs
+            .into_vec()
+            .into_iter()
+            .map(|e| format!("{}: {}", e.field_path, e.message))
+            .collect(),
+    }
+}
+
+/// Kind -> CRD for Hoard's kinds (generated once per test binary).
+pub fn hoard_crd(kind: &str) -> CustomResourceDefinition {
+    static CRDS: std::sync::LazyLock<Vec<CustomResourceDefinition>> =
+        std::sync::LazyLock::new(api::crds::all);
+    CRDS.iter()
+        .find(|c| c.spec.names.kind == kind)
+        .cloned()
+        .unwrap_or_else(|| panic!("no Hoard CRD for kind {kind}"))
+}
