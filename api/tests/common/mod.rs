@@ -221,10 +221,30 @@ fn check(value: &Value, s: &JSONSchemaProps, path: &str, out: &mut Vec<String>) 
 }
 
 /// The CRD's CEL rules (`x-kubernetes-validations`) evaluated on `doc`
-/// client-side (kube's `cel` feature), one message per failed rule.
+/// client-side (kube's `cel` feature), one message per failed rule. Compiled
+/// schemas are cached per thread: compiling the rules dominates the cost.
 pub fn cel_errors(doc: &Value, crd: &CustomResourceDefinition, version: &str) -> Vec<String> {
-    let schema = serde_json::to_value(version_schema(crd, version)).unwrap();
-    match kube::core::cel::Validator::new().validate(&schema, doc, None) {
+    use kube::core::cel::{CompiledSchema, Validator, compile_schema};
+    use std::collections::HashMap;
+    use std::rc::Rc;
+    thread_local! {
+        static VALIDATOR: Validator = Validator::new();
+        static COMPILED: std::cell::RefCell<HashMap<String, Rc<CompiledSchema>>> = Default::default();
+    }
+    let key = format!(
+        "{}/{version}",
+        crd.metadata.name.as_deref().unwrap_or_default()
+    );
+    let compiled = COMPILED.with(|c| {
+        c.borrow_mut()
+            .entry(key)
+            .or_insert_with(|| {
+                let schema = serde_json::to_value(version_schema(crd, version)).unwrap();
+                Rc::new(compile_schema(&schema))
+            })
+            .clone()
+    });
+    match VALIDATOR.with(|v| v.validate_compiled(&compiled, doc, None)) {
         Ok(()) => vec![],
         Err(errs) => errs
             .into_vec()
@@ -232,6 +252,30 @@ pub fn cel_errors(doc: &Value, crd: &CustomResourceDefinition, version: &str) ->
             .map(|e| format!("{}: {}", e.field_path, e.message))
             .collect(),
     }
+}
+
+/// Every CEL rule of the schema that does not compile, with its path.
+pub fn cel_compile_errors(crd: &CustomResourceDefinition, version: &str) -> Vec<String> {
+    fn walk(s: &kube::core::cel::CompiledSchema, path: &str, out: &mut Vec<String>) {
+        for v in &s.validations {
+            if let Err(e) = v {
+                out.push(format!("{path}: {e}"));
+            }
+        }
+        for (k, c) in &s.properties {
+            walk(c, &format!("{path}.{k}"), out);
+        }
+        if let Some(i) = &s.items {
+            walk(i, &format!("{path}[]"), out);
+        }
+        if let Some(a) = &s.additional_properties {
+            walk(a, &format!("{path}{{}}"), out);
+        }
+    }
+    let schema = serde_json::to_value(version_schema(crd, version)).unwrap();
+    let mut out = Vec::new();
+    walk(&kube::core::cel::compile_schema(&schema), "", &mut out);
+    out
 }
 
 /// Kind -> CRD for Hoard's kinds (generated once per test binary).
