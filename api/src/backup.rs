@@ -23,8 +23,8 @@ use crate::schedule::SCHEDULE_CEL;
 ///
 /// **Batch backup**: besides Stash's single `target`, `targets` lists several
 /// co-related targets that are backed up together in one `BackupSession`
-/// (seed 004, "Batch Backup"). Use [`BackupConfigurationSpec::all_targets`]
-/// to iterate over both.
+/// (seed 004, "Batch Backup").
+// Rust: `all_targets()` iterates over both.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "hoard.dev",
@@ -90,7 +90,8 @@ pub struct BackupConfigurationSpec {
     pub temp_dir: Option<EmptyDirSettings>,
     /// Deadline of each session (Go duration, e.g. `30m`, `2h`; Stash's
     /// `timeOut`). Hosts that have not finished by then are marked failed and
-    /// held pods stop waiting. Default: [`crate::phase::DEFAULT_SESSION_TIMEOUT`].
+    /// held pods stop waiting. Default: 1h.
+    // = crate::phase::DEFAULT_SESSION_TIMEOUT
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(GO_DURATION_CEL).message("timeOut must be a Go duration such as 30m, 2h or 1h30m"))]
     #[schemars(length(max = 64))]
@@ -172,6 +173,8 @@ pub struct LastSession {
     shortname = "bs",
     category = "hoard",
     doc = "One run of a BackupConfiguration: created at each schedule tick, or by a user for an instant backup.",
+    // `kubectl get bs --field-selector spec.invoker.name=<config>`
+    selectable = ".spec.invoker.name",
     printcolumn(name = "Invoker", type_ = "string", json_path = ".spec.invoker.name"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
@@ -225,6 +228,12 @@ pub struct BackupSessionStatus {
     /// Sum of the hosts' durations, Go duration syntax (`4.148288404s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_duration: Option<String>,
+    /// One entry per host (and target, in a batch backup). An atomic list,
+    /// because host names repeat across batch targets (`host-0`): writers
+    /// read, update their own entry and write back with the read
+    /// `resourceVersion` (retrying on a conflict), so concurrent agents never
+    /// overwrite each other's entries.
+    // Rust: `upsert_host_stats()` updates the entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<Vec<HostBackupStats>>,
     /// Why the session is `Skipped`/`Failed` as a whole.
@@ -288,4 +297,76 @@ pub struct FileStats {
     pub modified: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unmodified: Option<i64>,
+}
+
+/// Replaces the entry of the same host and target in `stats`, or appends it.
+pub fn upsert_host_stats(stats: &mut Vec<HostBackupStats>, entry: HostBackupStats) {
+    match stats
+        .iter_mut()
+        .find(|s| s.hostname == entry.hostname && s.target == entry.target)
+    {
+        Some(slot) => *slot = entry,
+        None => stats.push(entry),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(host: &str, target: Option<&str>, phase: Phase) -> HostBackupStats {
+        HostBackupStats {
+            hostname: host.into(),
+            target: target.map(|n| TargetRef {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: n.into(),
+            }),
+            phase: Some(phase),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn upsert_replaces_only_the_same_host_of_the_same_target() {
+        let mut stats = vec![
+            entry("host-0", Some("a"), Phase::Running),
+            entry("host-0", Some("b"), Phase::Running),
+        ];
+        upsert_host_stats(&mut stats, entry("host-0", Some("b"), Phase::Succeeded));
+        upsert_host_stats(&mut stats, entry("host-1", None, Phase::Running));
+        assert_eq!(
+            stats
+                .iter()
+                .map(|s| (s.hostname.as_str(), s.phase.unwrap()))
+                .collect::<Vec<_>>(),
+            [
+                ("host-0", Phase::Running),
+                ("host-0", Phase::Succeeded),
+                ("host-1", Phase::Running)
+            ]
+        );
+    }
+
+    #[test]
+    fn all_targets_lists_target_then_targets() {
+        let t = |n: &str| BackupTarget {
+            target_ref: TargetRef {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: n.into(),
+            },
+            ..Default::default()
+        };
+        let spec = BackupConfigurationSpec {
+            target: Some(t("a")),
+            targets: Some(vec![t("b"), t("c")]),
+            ..Default::default()
+        };
+        let names: Vec<&str> = spec
+            .all_targets()
+            .map(|t| t.target_ref.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
 }

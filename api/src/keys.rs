@@ -10,6 +10,26 @@ pub const GROUP: &str = "hoard.dev";
 /// agent). One name, so that Hoard never fights itself over a field.
 pub const FIELD_MANAGER: &str = "hoard";
 
+/// Longest field manager name the API server accepts.
+pub const MAX_FIELD_MANAGER_LEN: usize = 128;
+
+/// Field manager for a host's entry in a session's status when written with
+/// server-side apply: `hoard/<host>`. Each host needs its own manager, or one
+/// agent's apply would drop the entries another agent owns (apply removes
+/// what the same manager no longer sends). Truncated to
+/// [`MAX_FIELD_MANAGER_LEN`] (node names reach 253 characters).
+pub fn host_field_manager(host: &str) -> String {
+    let mut m = format!("{FIELD_MANAGER}/{host}");
+    if m.len() > MAX_FIELD_MANAGER_LEN {
+        let mut cut = MAX_FIELD_MANAGER_LEN;
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m.truncate(cut);
+    }
+    m
+}
+
 // ---------------------------------------------------------------------------
 // Backup identity of a pod (written by the webhook at pod creation)
 // ---------------------------------------------------------------------------
@@ -167,6 +187,13 @@ mod tests {
     fn marker_paths_are_relative_to_the_status_volume() {
         assert_eq!(restore_done_marker("1234-ab"), "1234-ab/done");
         assert_eq!(restore_failed_marker("1234-ab"), "1234-ab/failed");
+    }
+
+    #[test]
+    fn host_field_manager_is_per_host_and_bounded() {
+        assert_eq!(host_field_manager("host-3"), "hoard/host-3");
+        let long = "n".repeat(253);
+        assert_eq!(host_field_manager(&long).len(), MAX_FIELD_MANAGER_LEN);
     }
 
     #[test]

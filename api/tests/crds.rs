@@ -209,6 +209,31 @@ fn schema_check_rejects_unknown_and_mistyped_fields() {
         "{errs:?}"
     );
     assert_eq!(errs.len(), 4, "{errs:?}");
+
+    // status.stats is a map list keyed by hostname: one entry per host.
+    let mut doc = fixture("restoresession-statefulset.yaml");
+    let first = doc["status"]["stats"][0].clone();
+    doc["status"]["stats"].as_array_mut().unwrap().push(first);
+    let errs = schema_errors(&doc, version_schema(&crd, "v1beta1"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(".status.stats: duplicate map-list key"),
+        "{errs:?}"
+    );
+    assert!(errs[0].contains("host-1"), "{errs:?}");
+}
+
+/// Descriptions are what `kubectl explain` shows: no rustdoc link syntax.
+#[test]
+fn crd_descriptions_have_no_rustdoc_links() {
+    let yaml = api::crds::to_yaml().unwrap();
+    for (i, line) in yaml.lines().enumerate() {
+        assert!(
+            !line.contains("[`") && !line.contains("crate::"),
+            "line {}: {line}",
+            i + 1
+        );
+    }
 }
 
 /// A CEL rule that does not compile makes the API server reject the CRD.

@@ -172,6 +172,16 @@ fn check(value: &Value, s: &JSONSchemaProps, path: &str, out: &mut Vec<String>) 
                 out.push(format!("{path}: expected an array, got {value}"));
                 return;
             };
+            if s.x_kubernetes_list_type.as_deref() == Some("map") {
+                let keys = s.x_kubernetes_list_map_keys.clone().unwrap_or_default();
+                let mut seen = std::collections::BTreeSet::new();
+                for item in arr {
+                    let key: Vec<String> = keys.iter().map(|k| item[k].to_string()).collect();
+                    if !seen.insert(key.clone()) {
+                        out.push(format!("{path}: duplicate map-list key {key:?}"));
+                    }
+                }
+            }
             if let Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(items)) = &s.items {
                 for (i, v) in arr.iter().enumerate() {
                     check(v, items, &format!("{path}[{i}]"), out);
