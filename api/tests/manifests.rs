@@ -889,3 +889,48 @@ fn cel_rules_reject_forbidden_combinations() {
         "exactly one of hostPath",
     );
 }
+
+/// The webhook pod and the examples' application pods meet Pod Security
+/// `restricted`; the agent does not (it is why hoard-system is `privileged`).
+#[test]
+fn pod_security_levels_are_as_documented() {
+    use api::pod_security::restricted_violations;
+    let d: Deployment = one("Deployment", "hoard-webhook");
+    let v = restricted_violations(d.spec.unwrap().template.spec.as_ref().unwrap());
+    assert!(v.is_empty(), "webhook: {v:?}");
+
+    let ds: DaemonSet = one("DaemonSet", "hoard-agent");
+    let v = restricted_violations(ds.spec.unwrap().template.spec.as_ref().unwrap());
+    assert!(v.iter().any(|x| x.contains("hostPath")), "{v:?}");
+    assert!(
+        v.iter()
+            .any(|x| x.contains("adds capability DAC_READ_SEARCH")),
+        "{v:?}"
+    );
+
+    for f in example_files() {
+        for doc in yaml_docs(&f) {
+            let spec = match doc["kind"].as_str() {
+                Some("Deployment") => {
+                    serde_json::from_value::<Deployment>(doc.clone())
+                        .unwrap()
+                        .spec
+                        .unwrap()
+                        .template
+                        .spec
+                }
+                Some("StatefulSet") => {
+                    serde_json::from_value::<StatefulSet>(doc.clone())
+                        .unwrap()
+                        .spec
+                        .unwrap()
+                        .template
+                        .spec
+                }
+                _ => continue,
+            };
+            let v = restricted_violations(spec.as_ref().unwrap());
+            assert!(v.is_empty(), "{}: {}: {v:?}", f.display(), id(&doc));
+        }
+    }
+}
