@@ -163,7 +163,7 @@ pub struct LastSession {
 }
 
 /// Spec of a `BackupSession`.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "hoard.dev",
     version = "v1beta1",
@@ -196,13 +196,17 @@ pub struct LastSession {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupSessionSpec {
-    /// The `BackupConfiguration` this session runs.
+    /// The `BackupConfiguration` this session runs. Immutable: a session is
+    /// one run of one configuration.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.invoker is immutable; create a new BackupSession instead"))]
     pub invoker: InvokerRef,
 }
 
 /// What invoked a `BackupSession`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.kind == 'BackupConfiguration' && (!has(self.apiGroup) || self.apiGroup == 'hoard.dev')")
+    .message("invoker must be a BackupConfiguration (apiGroup hoard.dev)"))]
 pub struct InvokerRef {
     /// `hoard.dev`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

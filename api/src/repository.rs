@@ -61,6 +61,8 @@ pub struct RepositorySpec {
 #[x_kube(validation = Rule::new(
     "[has(self.local), has(self.s3), has(self.gcs), has(self.azure), has(self.swift), has(self.b2), has(self.rest)].filter(x, x).size() == 1"
 ).message("set exactly one backend: local, s3, gcs, azure, swift, b2 or rest"))]
+#[x_kube(validation = Rule::new("has(self.storageSecretName) && self.storageSecretName != ''")
+    .message("storageSecretName is required: the Secret (in hoard-system) holds RESTIC_PASSWORD and the backend's credentials"))]
 pub struct Backend {
     /// Secret **in `hoard-system`** with `RESTIC_PASSWORD` and the backend's
     /// credentials (e.g. `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`); its

@@ -875,18 +875,67 @@ fn cel_rules_reject_forbidden_combinations() {
         });
         cel_errors(&v, &hoard_crd("Repository"), "v1beta1")
     };
-    ok(repo(serde_json::json!({"rest": {"url": "http://r"}})));
-    ok(repo(
+    let secret = |mut b: Value| {
+        b["storageSecretName"] = Value::String("creds".into());
+        b
+    };
+    ok(repo(secret(
+        serde_json::json!({"rest": {"url": "http://r"}}),
+    )));
+    ok(repo(secret(
         serde_json::json!({"local": {"hostPath": {"path": "/backups"}, "subPath": "demo"}}),
-    ));
-    fails(repo(serde_json::json!({})), "set exactly one backend");
+    )));
     fails(
-        repo(serde_json::json!({"rest": {"url": "http://r"}, "b2": {"bucket": "b"}})),
+        repo(serde_json::json!({"rest": {"url": "http://r"}})),
+        "storageSecretName is required",
+    );
+    fails(
+        repo(secret(serde_json::json!({}))),
         "set exactly one backend",
     );
     fails(
-        repo(serde_json::json!({"local": {"subPath": "x"}})),
+        repo(secret(
+            serde_json::json!({"rest": {"url": "http://r"}, "b2": {"bucket": "b"}}),
+        )),
+        "set exactly one backend",
+    );
+    fails(
+        repo(secret(serde_json::json!({"local": {"subPath": "x"}}))),
         "exactly one of hostPath",
+    );
+
+    let session = |kind: &str, name: &str| {
+        serde_json::json!({
+            "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+            "metadata": {"name": "s", "namespace": "demo"},
+            "spec": {"invoker": {"apiGroup": "hoard.dev", "kind": kind, "name": name}}
+        })
+    };
+    let bs = hoard_crd("BackupSession");
+    ok(cel_errors(
+        &session("BackupConfiguration", "web"),
+        &bs,
+        "v1beta1",
+    ));
+    fails(
+        cel_errors(&session("Deployment", "web"), &bs, "v1beta1"),
+        "invoker must be a BackupConfiguration",
+    );
+    let old = session("BackupConfiguration", "web");
+    ok(common::cel_update_errors(
+        &session("BackupConfiguration", "web"),
+        Some(&old),
+        &bs,
+        "v1beta1",
+    ));
+    fails(
+        common::cel_update_errors(
+            &session("BackupConfiguration", "other"),
+            Some(&old),
+            &bs,
+            "v1beta1",
+        ),
+        "spec.invoker is immutable",
     );
 }
 

@@ -234,6 +234,16 @@ fn check(value: &Value, s: &JSONSchemaProps, path: &str, out: &mut Vec<String>) 
 /// client-side (kube's `cel` feature), one message per failed rule. Compiled
 /// schemas are cached per thread: compiling the rules dominates the cost.
 pub fn cel_errors(doc: &Value, crd: &CustomResourceDefinition, version: &str) -> Vec<String> {
+    cel_update_errors(doc, None, crd, version)
+}
+
+/// Like [`cel_errors`], for an update from `old` (transition rules using `oldSelf`).
+pub fn cel_update_errors(
+    doc: &Value,
+    old: Option<&Value>,
+    crd: &CustomResourceDefinition,
+    version: &str,
+) -> Vec<String> {
     use kube::core::cel::{CompiledSchema, Validator, compile_schema};
     use std::collections::HashMap;
     use std::rc::Rc;
@@ -254,7 +264,7 @@ pub fn cel_errors(doc: &Value, crd: &CustomResourceDefinition, version: &str) ->
             })
             .clone()
     });
-    match VALIDATOR.with(|v| v.validate_compiled(&compiled, doc, None)) {
+    match VALIDATOR.with(|v| v.validate_compiled(&compiled, doc, old)) {
         Ok(()) => vec![],
         Err(errs) => errs
             .into_vec()
