@@ -19,6 +19,10 @@ use crate::common::{
 };
 use crate::schedule::SCHEDULE_CEL;
 
+/// Finished `BackupSession`s kept per configuration when
+/// `backupHistoryLimit` is not set (Stash's default).
+pub const DEFAULT_BACKUP_HISTORY_LIMIT: u32 = 1;
+
 /// Spec of a `BackupConfiguration`.
 ///
 /// **Batch backup**: besides Stash's single `target`, `targets` lists several
@@ -80,6 +84,11 @@ pub struct BackupConfigurationSpec {
     /// Stop creating new sessions (running ones finish).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
+    /// How many finished `BackupSession`s of this configuration to keep
+    /// (Stash's `backupHistoryLimit`); older ones are deleted. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub backup_history_limit: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,6 +118,14 @@ impl BackupConfigurationSpec {
     /// `target` followed by every entry of `targets`.
     pub fn all_targets(&self) -> impl Iterator<Item = &BackupTarget> {
         self.target.iter().chain(self.targets.iter().flatten())
+    }
+
+    /// `backupHistoryLimit`, [`DEFAULT_BACKUP_HISTORY_LIMIT`] when absent.
+    pub fn history_limit(&self) -> u32 {
+        self.backup_history_limit
+            .map_or(DEFAULT_BACKUP_HISTORY_LIMIT, |n| {
+                u32::try_from(n).unwrap_or(0)
+            })
     }
 
     /// `paused`, `false` when absent.
