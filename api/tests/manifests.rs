@@ -983,3 +983,35 @@ fn pod_security_levels_are_as_documented() {
         }
     }
 }
+
+/// The image the manifests run holds the binaries they call.
+#[test]
+fn dockerfile_builds_every_binary_the_manifests_run() {
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    let mut commands: Vec<String> = Vec::new();
+    let d: Deployment = one("Deployment", "hoard-webhook");
+    let ds: DaemonSet = one("DaemonSet", "hoard-agent");
+    for spec in [
+        d.spec.unwrap().template.spec.unwrap(),
+        ds.spec.unwrap().template.spec.unwrap(),
+    ] {
+        for c in spec.containers {
+            commands.extend(c.command.unwrap_or_default().into_iter().take(1));
+        }
+    }
+    // The webhook injects the restore init-container with this binary.
+    commands.push(format!("/usr/local/bin/{}", keys::RESTORE_WAIT_BINARY));
+    assert!(
+        dockerfile.contains("COPY --from=build /out/ /usr/local/bin/"),
+        "binaries land in /usr/local/bin"
+    );
+    for cmd in commands {
+        let bin = cmd
+            .strip_prefix("/usr/local/bin/")
+            .unwrap_or_else(|| panic!("{cmd} is not in /usr/local/bin"));
+        assert!(
+            dockerfile.contains(&format!("target/release/{bin}")),
+            "Dockerfile does not install {bin}"
+        );
+    }
+}
