@@ -14,6 +14,7 @@ use api::{Recovery, RestoreSession};
 use common::{repo_root, schema_errors, strict, version_schema, yaml_docs};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
+use proptest::prelude::*;
 use serde_json::json;
 
 fn fixture(name: &str) -> serde_json::Value {
@@ -106,7 +107,9 @@ fn check_seed<T: serde::de::DeserializeOwned + serde::Serialize>(
     assert_eq!(doc["kind"], kind, "{name}");
     let typed: T = strict(&doc, name);
     let crd = crd_of(kind);
-    let errs = schema_errors(&doc, version_schema(&crd, version));
+    let mut errs = schema_errors(&doc, version_schema(&crd, version));
+    // ... and the CEL rules the API server would run.
+    errs.extend(common::cel_errors(&doc, &crd, version));
     assert!(
         errs.is_empty(),
         "{name} against the {kind} schema:\n  {}",
@@ -206,4 +209,110 @@ fn schema_check_rejects_unknown_and_mistyped_fields() {
         "{errs:?}"
     );
     assert_eq!(errs.len(), 4, "{errs:?}");
+
+    // status.stats is a map list keyed by hostname: one entry per host.
+    let mut doc = fixture("restoresession-statefulset.yaml");
+    let first = doc["status"]["stats"][0].clone();
+    doc["status"]["stats"].as_array_mut().unwrap().push(first);
+    let errs = schema_errors(&doc, version_schema(&crd, "v1beta1"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(".status.stats: duplicate map-list key"),
+        "{errs:?}"
+    );
+    assert!(errs[0].contains("host-1"), "{errs:?}");
+}
+
+/// Descriptions are what `kubectl explain` shows: no rustdoc link syntax.
+#[test]
+fn crd_descriptions_have_no_rustdoc_links() {
+    let yaml = api::crds::to_yaml().unwrap();
+    for (i, line) in yaml.lines().enumerate() {
+        assert!(
+            !line.contains("[`") && !line.contains("crate::"),
+            "line {}: {line}",
+            i + 1
+        );
+    }
+}
+
+/// A CEL rule that does not compile makes the API server reject the CRD.
+#[test]
+fn every_cel_rule_compiles() {
+    let mut rules = 0;
+    for crd in api::crds::all() {
+        for v in &crd.spec.versions {
+            let errs = common::cel_compile_errors(&crd, &v.name);
+            assert!(
+                errs.is_empty(),
+                "{}: {errs:?}",
+                crd.metadata.name.as_deref().unwrap()
+            );
+        }
+        rules += serde_json::to_string(&crd)
+            .unwrap()
+            .matches("\"rule\":")
+            .count();
+    }
+    // Repository 3, BackupConfiguration 3, BackupSession 2, RestoreSession 3, Recovery 4.
+    assert_eq!(
+        rules, 15,
+        "the number of CEL rules changed; update this test"
+    );
+}
+
+/// `kubectl apply` (client-side) stores the whole object in the
+/// last-applied-configuration annotation, which is capped at 256 KiB; a CRD
+/// above that would install only with `--server-side`.
+#[test]
+fn every_crd_fits_a_client_side_kubectl_apply() {
+    for crd in api::crds::all() {
+        let size = serde_json::to_vec(&crd).unwrap().len();
+        assert!(
+            size < 256 * 1024,
+            "{} is {size} bytes",
+            crd.metadata.name.unwrap()
+        );
+    }
+}
+
+// Few cases: each evaluation compiles the schedule regex, which is slow in a
+// debug build (about 0.5 s).
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+
+    /// The controllers write an auto-backup schedule (checked by
+    /// `validate_schedule`) into a generated BackupConfiguration (checked by
+    /// the CRD's CEL rule): whatever the Rust check accepts, the API server
+    /// must accept too.
+    #[test]
+    fn schedules_the_rust_check_accepts_pass_the_cel_rule(
+        fields in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::strategy::Just("*".to_string()),
+                (1u32..30).prop_map(|n| format!("*/{n}")),
+                (0u32..5, 5u32..10).prop_map(|(a, b)| format!("{a}-{b}")),
+                (1u32..6, 6u32..12).prop_map(|(a, b)| format!("{a},{b}")),
+                (1u32..7).prop_map(|n| n.to_string()),
+            ],
+            5,
+        ),
+        descriptor in proptest::prop_oneof![
+            proptest::strategy::Just(None),
+            proptest::strategy::Just(Some("@daily".to_string())),
+            (1u32..100).prop_map(|n| Some(format!("@every {n}m"))),
+            (1u32..100, 1u32..60).prop_map(|(h, m)| Some(format!("@every {h}h{m}m"))),
+        ],
+    ) {
+        let schedule = descriptor.unwrap_or_else(|| fields.join(" "));
+        prop_assume!(api::schedule::validate_schedule(&schedule).is_ok());
+        let doc = json!({
+            "apiVersion": "hoard.dev/v1beta1", "kind": "BackupConfiguration",
+            "metadata": {"name": "b", "namespace": "demo"},
+            "spec": {"repository": {"name": "r"}, "schedule": schedule,
+                     "target": {"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d"}}}
+        });
+        let errs = common::cel_errors(&doc, &crd_of("BackupConfiguration"), "v1beta1");
+        prop_assert!(errs.is_empty(), "{schedule}: {errs:?}");
+    }
 }

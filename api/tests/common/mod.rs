@@ -172,6 +172,16 @@ fn check(value: &Value, s: &JSONSchemaProps, path: &str, out: &mut Vec<String>) 
                 out.push(format!("{path}: expected an array, got {value}"));
                 return;
             };
+            if s.x_kubernetes_list_type.as_deref() == Some("map") {
+                let keys = s.x_kubernetes_list_map_keys.clone().unwrap_or_default();
+                let mut seen = std::collections::BTreeSet::new();
+                for item in arr {
+                    let key: Vec<String> = keys.iter().map(|k| item[k].to_string()).collect();
+                    if !seen.insert(key.clone()) {
+                        out.push(format!("{path}: duplicate map-list key {key:?}"));
+                    }
+                }
+            }
             if let Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(items)) = &s.items {
                 for (i, v) in arr.iter().enumerate() {
                     check(v, items, &format!("{path}[{i}]"), out);
@@ -218,4 +228,82 @@ fn check(value: &Value, s: &JSONSchemaProps, path: &str, out: &mut Vec<String>) 
             }
         }
     }
+}
+
+/// The CRD's CEL rules (`x-kubernetes-validations`) evaluated on `doc`
+/// client-side (kube's `cel` feature), one message per failed rule. Compiled
+/// schemas are cached per thread: compiling the rules dominates the cost.
+pub fn cel_errors(doc: &Value, crd: &CustomResourceDefinition, version: &str) -> Vec<String> {
+    cel_update_errors(doc, None, crd, version)
+}
+
+/// Like [`cel_errors`], for an update from `old` (transition rules using `oldSelf`).
+pub fn cel_update_errors(
+    doc: &Value,
+    old: Option<&Value>,
+    crd: &CustomResourceDefinition,
+    version: &str,
+) -> Vec<String> {
+    use kube::core::cel::{CompiledSchema, Validator, compile_schema};
+    use std::collections::HashMap;
+    use std::rc::Rc;
+    thread_local! {
+        static VALIDATOR: Validator = Validator::new();
+        static COMPILED: std::cell::RefCell<HashMap<String, Rc<CompiledSchema>>> = Default::default();
+    }
+    let key = format!(
+        "{}/{version}",
+        crd.metadata.name.as_deref().unwrap_or_default()
+    );
+    let compiled = COMPILED.with(|c| {
+        c.borrow_mut()
+            .entry(key)
+            .or_insert_with(|| {
+                let schema = serde_json::to_value(version_schema(crd, version)).unwrap();
+                Rc::new(compile_schema(&schema))
+            })
+            .clone()
+    });
+    match VALIDATOR.with(|v| v.validate_compiled(&compiled, doc, old)) {
+        Ok(()) => vec![],
+        Err(errs) => errs
+            .into_vec()
+            .into_iter()
+            .map(|e| format!("{}: {}", e.field_path, e.message))
+            .collect(),
+    }
+}
+
+/// Every CEL rule of the schema that does not compile, with its path.
+pub fn cel_compile_errors(crd: &CustomResourceDefinition, version: &str) -> Vec<String> {
+    fn walk(s: &kube::core::cel::CompiledSchema, path: &str, out: &mut Vec<String>) {
+        for v in &s.validations {
+            if let Err(e) = v {
+                out.push(format!("{path}: {e}"));
+            }
+        }
+        for (k, c) in &s.properties {
+            walk(c, &format!("{path}.{k}"), out);
+        }
+        if let Some(i) = &s.items {
+            walk(i, &format!("{path}[]"), out);
+        }
+        if let Some(a) = &s.additional_properties {
+            walk(a, &format!("{path}{{}}"), out);
+        }
+    }
+    let schema = serde_json::to_value(version_schema(crd, version)).unwrap();
+    let mut out = Vec::new();
+    walk(&kube::core::cel::compile_schema(&schema), "", &mut out);
+    out
+}
+
+/// Kind -> CRD for Hoard's kinds (generated once per test binary).
+pub fn hoard_crd(kind: &str) -> CustomResourceDefinition {
+    static CRDS: std::sync::LazyLock<Vec<CustomResourceDefinition>> =
+        std::sync::LazyLock::new(api::crds::all);
+    CRDS.iter()
+        .find(|c| c.spec.names.kind == kind)
+        .cloned()
+        .unwrap_or_else(|| panic!("no Hoard CRD for kind {kind}"))
 }
