@@ -1,1 +1,5 @@
-fn main() {}
+//! `hoard`: back up and restore directories into restic-format repositories.
+
+fn main() {
+    std::process::exit(hoard_cli::main());
+}

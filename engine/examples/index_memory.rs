@@ -47,10 +47,13 @@ fn main() {
     let idx = MemIndex::bulk_load(files);
     let load = t.elapsed();
     let after = rss_kib();
+    let ids: Vec<Id> = (0..n)
+        .map(|i| Id::hash(&(i as u64).to_be_bytes()))
+        .collect();
     let t = std::time::Instant::now();
     let mut found = 0;
-    for i in 0..n {
-        let id = Id::hash(&(i as u64).to_be_bytes());
+    for id in &ids {
+        let id = *id;
         found += usize::from(idx.has(BlobType::Data, &id) || idx.has(BlobType::Tree, &id));
     }
     let look = t.elapsed();

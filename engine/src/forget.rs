@@ -191,7 +191,9 @@ impl Default for GroupBy {
 
 /// A `--group-by` value that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid --group-by {text:?}: expected a comma-separated list of host, paths, tags (or '' for no grouping)")]
+#[error(
+    "invalid --group-by {text:?}: expected a comma-separated list of host, paths, tags (or '' for no grouping)"
+)]
 pub struct InvalidGroupBy {
     pub text: String,
 }
@@ -250,7 +252,7 @@ impl GroupKey {
 pub struct Kept {
     pub id: Id,
     pub time: DateTime<FixedOffset>,
-    /// restic's wording: "last snapshot", "daily snapshot", "has tags [a b]",
+    /// restic's wording: "last snapshot", "daily snapshot", "has tags [a, b]",
     /// "within 7d", "daily within 1m", "policy is empty".
     pub reasons: Vec<String>,
 }
@@ -282,7 +284,10 @@ pub fn plan_forget_at(
 ) -> Vec<GroupPlan> {
     let mut groups: BTreeMap<GroupKey, Vec<&(Id, Snapshot)>> = BTreeMap::new();
     for s in snapshots {
-        groups.entry(GroupKey::of(&s.1, group_by)).or_default().push(s);
+        groups
+            .entry(GroupKey::of(&s.1, group_by))
+            .or_default()
+            .push(s);
     }
     groups
         .into_iter()
@@ -378,11 +383,7 @@ fn apply_policy(
 
     // The newest snapshot that is not in the future; a group with only
     // future snapshots has none, and then every time is "within".
-    let latest = list
-        .iter()
-        .map(|s| s.1.time)
-        .filter(|t| *t < now)
-        .max();
+    let latest = list.iter().map(|s| s.1.time).filter(|t| *t < now).max();
     let is_within = |d: &KeepDuration, t: DateTime<FixedOffset>| match latest {
         Some(l) => t > d.before(l),
         None => true,
@@ -399,8 +400,8 @@ fn apply_policy(
                 .map(String::from)
                 .collect();
             if tags.iter().all(|t| cur.1.tags.contains(t)) {
-                // Go's %v of a []string.
-                reasons.push(format!("has tags [{}]", tags.join(" ")));
+                // restic's TagList.String().
+                reasons.push(format!("has tags [{}]", tags.join(", ")));
             }
         }
         if let Some(d) = p.keep_within.filter(|d| !d.is_zero())
@@ -468,7 +469,11 @@ mod tests {
     use super::*;
 
     fn snap(time: &str, host: &str, paths: &[&str], tags: &[&str]) -> (Id, Snapshot) {
-        let mut s = Snapshot::new(Id::default(), paths.iter().map(|p| p.to_string()).collect(), host);
+        let mut s = Snapshot::new(
+            Id::default(),
+            paths.iter().map(|p| p.to_string()).collect(),
+            host,
+        );
         s.time = DateTime::parse_from_rfc3339(time).unwrap();
         s.tags = tags.iter().map(|t| t.to_string()).collect();
         (Id::hash(time.as_bytes()), s)
@@ -533,8 +538,18 @@ mod tests {
     #[test]
     fn doc_example_twelve_sundays() {
         let days = [
-            "2019-09-01", "2019-09-08", "2019-09-15", "2019-09-22", "2019-09-29", "2019-10-06",
-            "2019-10-13", "2019-10-20", "2019-10-27", "2019-11-03", "2019-11-10", "2019-11-17",
+            "2019-09-01",
+            "2019-09-08",
+            "2019-09-15",
+            "2019-09-22",
+            "2019-09-29",
+            "2019-10-06",
+            "2019-10-13",
+            "2019-10-20",
+            "2019-10-27",
+            "2019-11-03",
+            "2019-11-10",
+            "2019-11-17",
         ];
         let t: Vec<String> = days.iter().map(|d| format!("{d}T11:00:00+00:00")).collect();
         let snaps = times(&t.iter().map(String::as_str).collect::<Vec<_>>());
@@ -589,7 +604,10 @@ mod tests {
                     "02-10 10".into(),
                     r(&["last snapshot", "daily snapshot", "monthly snapshot"])
                 ),
-                ("01-03 10".into(), r(&["daily snapshot", "monthly snapshot"])),
+                (
+                    "01-03 10".into(),
+                    r(&["daily snapshot", "monthly snapshot"])
+                ),
                 ("01-02 11".into(), r(&["daily snapshot"])),
             ]
         );
@@ -630,11 +648,18 @@ mod tests {
             .iter()
             .map(|p| (p.key.hostname.as_str(), p.key.paths.join(":")))
             .collect();
-        assert_eq!(keys, [("a", "/x".into()), ("a", "/x:/z".into()), ("b", "/x".into())]);
+        assert_eq!(
+            keys,
+            [
+                ("a", "/x".into()),
+                ("a", "/x:/z".into()),
+                ("b", "/x".into())
+            ]
+        );
         let a = &plan[0];
         let reasons: Vec<_> = a.keep.iter().map(|k| k.reasons.join("+")).collect();
         // 01-09 is exactly 1 day before: within; 01-05 is not.
-        assert_eq!(reasons, ["within 2d", "within 2d", "has tags [keep y]"]);
+        assert_eq!(reasons, ["within 2d", "within 2d", "has tags [keep, y]"]);
         assert_eq!(a.remove.len(), 1);
         // Single-snapshot groups keep their snapshot by keep-within.
         assert_eq!(plan[1].keep.len(), 1);
@@ -643,7 +668,11 @@ mod tests {
 
     #[test]
     fn future_snapshots_do_not_anchor_within() {
-        let snaps = times(&["2024-01-01T00:00:00Z", "2024-01-10T00:00:00Z", "2031-01-01T00:00:00Z"]);
+        let snaps = times(&[
+            "2024-01-01T00:00:00Z",
+            "2024-01-10T00:00:00Z",
+            "2031-01-01T00:00:00Z",
+        ]);
         let p = RetentionPolicy {
             keep_within: Some("1d".parse().unwrap()),
             ..Default::default()
@@ -656,7 +685,12 @@ mod tests {
     #[test]
     fn empty_policy_keeps_everything() {
         let snaps = times(&["2024-01-01T00:00:00Z", "2024-01-10T00:00:00Z"]);
-        let plan = plan_forget_at(&snaps, &RetentionPolicy::default(), GroupBy::default(), now());
+        let plan = plan_forget_at(
+            &snaps,
+            &RetentionPolicy::default(),
+            GroupBy::default(),
+            now(),
+        );
         assert!(plan[0].remove.is_empty());
         assert_eq!(plan[0].keep[0].reasons, ["policy is empty"]);
     }

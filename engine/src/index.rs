@@ -94,18 +94,58 @@ struct Entry {
     ulen: u32,
 }
 
+/// Buckets of the first-two-bytes fan-out table: lookups binary-search only
+/// the ~n/65536 entries sharing an id's first two bytes (ids are uniformly
+/// distributed hashes), saving most cache misses of a full binary search
+/// for 256 KiB per blob type.
+const FANOUT: usize = 1 << 16;
+
 #[derive(Debug, Default)]
 struct TypeIndex {
     sorted: Vec<Entry>,
+    /// `fanout[p]..fanout[p + 1]` is the range of `sorted` whose ids start
+    /// with the 16-bit prefix `p`; empty until the first sort.
+    fanout: Vec<u32>,
     pending: HashMap<[u8; 32], Entry>,
+}
+
+fn prefix(id: &[u8; 32]) -> usize {
+    usize::from(u16::from_be_bytes([id[0], id[1]]))
 }
 
 impl TypeIndex {
     fn get(&self, id: &Id) -> Option<&Entry> {
-        if let Ok(i) = self.sorted.binary_search_by(|e| e.id.cmp(&id.0)) {
-            return Some(&self.sorted[i]);
+        let (lo, hi) = match self.fanout.len() {
+            0 => (0, self.sorted.len()),
+            _ => {
+                let p = prefix(&id.0);
+                (self.fanout[p] as usize, self.fanout[p + 1] as usize)
+            }
+        };
+        let part = &self.sorted[lo..hi];
+        if let Ok(i) = part.binary_search_by(|e| e.id.cmp(&id.0)) {
+            return Some(&part[i]);
+        }
+        if self.pending.is_empty() {
+            return None;
         }
         self.pending.get(&id.0)
+    }
+
+    fn build_fanout(&mut self) {
+        if self.sorted.len() < 4096 {
+            // Small indexes: a plain binary search is as fast, skip 256 KiB.
+            self.fanout = Vec::new();
+            return;
+        }
+        let mut f = vec![0u32; FANOUT + 1];
+        for e in &self.sorted {
+            f[prefix(&e.id) + 1] += 1;
+        }
+        for i in 1..=FANOUT {
+            f[i] += f[i - 1];
+        }
+        self.fanout = f;
     }
 
     fn insert(&mut self, e: Entry) {
@@ -127,12 +167,14 @@ impl TypeIndex {
         self.sorted.sort_unstable_by_key(|e| e.id);
         self.sorted.dedup_by(|a, b| a.id == b.id);
         self.pending = HashMap::new();
+        self.build_fanout();
     }
 
     fn bulk_finish(&mut self) {
         self.sorted.sort_unstable_by_key(|e| e.id);
         self.sorted.dedup_by(|a, b| a.id == b.id);
         self.sorted.shrink_to_fit();
+        self.build_fanout();
     }
 
     fn len(&self) -> usize {
@@ -141,6 +183,7 @@ impl TypeIndex {
 
     fn mem_bytes(&self) -> usize {
         self.sorted.capacity() * std::mem::size_of::<Entry>()
+            + self.fanout.capacity() * 4
             + self.pending.capacity() * (std::mem::size_of::<Entry>() + 32 + 8)
     }
 }

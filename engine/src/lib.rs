@@ -16,6 +16,7 @@ pub mod id;
 pub mod index;
 pub mod keyfile;
 pub mod lock;
+pub mod lock_stale;
 pub mod pack;
 pub mod repository;
 pub mod snapshot;

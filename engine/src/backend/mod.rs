@@ -5,6 +5,11 @@
 
 mod local;
 mod memory;
+// network back ends and `--repo` parsing
+pub mod location;
+pub mod object;
+pub mod rest;
+pub mod retry;
 
 pub use local::LocalBackend;
 pub use memory::MemoryBackend;

@@ -1,0 +1,240 @@
+//! Runs the real `hoard` binary: init → backup → snapshots --json → ls →
+//! restore gives identical bytes; wrong password and non-empty targets fail
+//! with exit 1 and a message that says what to do.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn hoard(repo: &Path, password: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .env("HOARD_PASSWORD", password)
+        .env("HOARD_TEST_FAST_KDF", "1")
+        .env_remove("HOARD_REPOSITORY")
+        .env_remove("HOARD_PASSWORD_FILE")
+        .output()
+        .expect("run hoard")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "hoard failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    let mut names_a: Vec<_> = std::fs::read_dir(a)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let mut names_b: Vec<_> = std::fs::read_dir(b)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names_a.sort();
+    names_b.sort();
+    assert_eq!(names_a, names_b, "{} vs {}", a.display(), b.display());
+    for n in names_a {
+        let (pa, pb) = (a.join(&n), b.join(&n));
+        let ma = std::fs::symlink_metadata(&pa).unwrap();
+        if ma.is_dir() {
+            assert_same_tree(&pa, &pb);
+        } else if ma.file_type().is_symlink() {
+            assert_eq!(
+                std::fs::read_link(&pa).unwrap(),
+                std::fs::read_link(&pb).unwrap()
+            );
+        } else {
+            assert_eq!(
+                std::fs::read(&pa).unwrap(),
+                std::fs::read(&pb).unwrap(),
+                "{}",
+                pa.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn init_backup_snapshots_ls_restore_roundtrip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    std::fs::write(src.join("a.txt"), b"hello\n").unwrap();
+    std::fs::write(src.join("sub/log.txt"), b"a log line\n".repeat(50_000)).unwrap();
+    let rnd: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 9) as u8)
+        .collect();
+    std::fs::write(src.join("sub/deeper/big.bin"), &rnd).unwrap();
+    std::os::unix::fs::symlink("../a.txt", src.join("sub/link")).unwrap();
+
+    let out = ok(&hoard(&repo, "pw", &["init", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["message_type"], "initialized");
+
+    let out = ok(&hoard(
+        &repo,
+        "pw",
+        &[
+            "backup",
+            src.to_str().unwrap(),
+            "--host",
+            "host-2",
+            "--path",
+            "/data",
+            "--tag",
+            "t1",
+            "--json",
+        ],
+    ));
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(summary["files_new"], 3, "{summary}");
+    assert_eq!(summary["incomplete"], false);
+    let snap_id = summary["snapshot_id"].as_str().unwrap().to_string();
+
+    let out = ok(&hoard(
+        &repo,
+        "pw",
+        &[
+            "snapshots",
+            "--json",
+            "--host",
+            "host-2",
+            "--tag",
+            "t1",
+            "--path",
+            "/data",
+        ],
+    ));
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], snap_id);
+    assert_eq!(list[0]["hostname"], "host-2");
+    assert_eq!(list[0]["paths"][0], "/data");
+    let out = ok(&hoard(
+        &repo,
+        "pw",
+        &["snapshots", "--json", "--host", "other"],
+    ));
+    assert_eq!(out.trim(), "[]");
+
+    let out = ok(&hoard(&repo, "pw", &["ls", &snap_id[..8]]));
+    assert!(
+        out.lines().any(|l| l == "/data/sub/deeper/big.bin"),
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l == "/data/sub/link"), "{out}");
+
+    let target = tmp.path().join("restored");
+    ok(&hoard(
+        &repo,
+        "pw",
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    ));
+    assert_same_tree(&src, &target.join("data"));
+
+    // A second backup of unchanged data reads nothing new.
+    let out = ok(&hoard(
+        &repo,
+        "pw",
+        &[
+            "backup",
+            src.to_str().unwrap(),
+            "--host",
+            "host-2",
+            "--path",
+            "/data",
+            "--json",
+        ],
+    ));
+    let s2: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(s2["files_unmodified"], 3, "{s2}");
+    assert_eq!(s2["parent"], snap_id.as_str());
+
+    // Refuses a non-empty target unless asked.
+    let o = hoard(
+        &repo,
+        "pw",
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not empty"));
+    ok(&hoard(
+        &repo,
+        "pw",
+        &[
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--overwrite",
+        ],
+    ));
+}
+
+#[test]
+fn wrong_password_and_missing_repo_fail_with_guidance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let o = hoard(&repo, "pw", &["snapshots"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("hoard init"), "{err}");
+
+    ok(&hoard(&repo, "pw", &["init"]));
+    let o = hoard(&repo, "nope", &["snapshots"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("wrong password") && err.contains("--password-file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn password_file_and_key_add() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    ok(&hoard(&repo, "first", &["init"]));
+    let newpw = tmp.path().join("new");
+    std::fs::write(&newpw, "second\n").unwrap();
+    ok(&hoard(
+        &repo,
+        "first",
+        &["key", "add", "--new-password-file", newpw.to_str().unwrap()],
+    ));
+    // The password file (trailing newline stripped, as restic does) opens it.
+    let o = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .args([
+            "--repo",
+            repo.to_str().unwrap(),
+            "--password-file",
+            newpw.to_str().unwrap(),
+            "key",
+            "list",
+            "--json",
+        ])
+        .env_remove("HOARD_PASSWORD")
+        .output()
+        .unwrap();
+    let keys: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+    // No password source and no terminal: a clear error, not a hang.
+    let o = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .args(["--repo", repo.to_str().unwrap(), "snapshots"])
+        .env_remove("HOARD_PASSWORD")
+        .env_remove("HOARD_PASSWORD_FILE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("HOARD_PASSWORD"));
+}
