@@ -1,0 +1,275 @@
+//! `BackupConfiguration` (what to back up, where, when, how long to keep it)
+//! and `BackupSession` (one run of it). The controllers create a session at
+//! each `schedule` tick (or a user does, for an instant backup); the agents on
+//! the target's nodes fill in the per-host `status.stats`; the controllers
+//! roll them up into `status.phase` (see [`crate::phase`]).
+
+use k8s_openapi::api::core::v1::VolumeMount;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{
+    Driver, EmptyDirSettings, Phase, Progress, RepositoryRef, RetentionPolicy, RuntimeSettings,
+    TargetRef, TaskRef,
+};
+use crate::schedule::SCHEDULE_CEL;
+
+/// Spec of a `BackupConfiguration`.
+///
+/// **Batch backup**: besides Stash's single `target`, `targets` lists several
+/// co-related targets that are backed up together in one `BackupSession`
+/// (seed 004, "Batch Backup"). Use [`BackupConfigurationSpec::all_targets`]
+/// to iterate over both.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "hoard.dev",
+    version = "v1beta1",
+    kind = "BackupConfiguration",
+    namespaced,
+    status = "BackupConfigurationStatus",
+    shortname = "bc",
+    category = "hoard",
+    doc = "What to back up (a workload's volumes or a PVC), into which Repository, on which schedule, and how long to keep the snapshots.",
+    printcolumn(
+        name = "Repository",
+        type_ = "string",
+        json_path = ".spec.repository.name"
+    ),
+    printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
+    printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused"),
+    printcolumn(
+        name = "Last-Session",
+        type_ = "string",
+        json_path = ".status.lastSession.phase"
+    ),
+    printcolumn(name = "Next", type_ = "date", json_path = ".status.nextScheduleTime"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.target) || (has(self.targets) && size(self.targets) > 0)")
+    .message("set `target`, or list one or more targets in `targets` (batch backup)"))]
+pub struct BackupConfigurationSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<Driver>,
+    pub repository: RepositoryRef,
+    /// The single target (Stash's field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<BackupTarget>,
+    /// Batch backup: more targets backed up in the same session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Vec<BackupTarget>>,
+    /// Cron schedule: 5 fields (`min hour day-of-month month day-of-week`) or
+    /// `@hourly`, `@daily`, `@every 6h`... Without it, only instant backups
+    /// (a user-created `BackupSession`) run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(SCHEDULE_CEL).message(
+        "schedule must be 5 cron fields (e.g. \"0 */6 * * *\") or one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly, @every <duration>"
+    ))]
+    // A bound keeps the API server's CEL cost estimate of `matches` low.
+    #[schemars(length(max = 128))]
+    pub schedule: Option<String>,
+    /// Stop creating new sessions (running ones finish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_policy: Option<RetentionPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_settings: Option<RuntimeSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temp_dir: Option<EmptyDirSettings>,
+}
+
+impl BackupConfigurationSpec {
+    /// `target` followed by every entry of `targets`.
+    pub fn all_targets(&self) -> impl Iterator<Item = &BackupTarget> {
+        self.target.iter().chain(self.targets.iter().flatten())
+    }
+
+    /// `paused`, `false` when absent.
+    pub fn is_paused(&self) -> bool {
+        self.paused.unwrap_or(false)
+    }
+}
+
+/// One thing to back up.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupTarget {
+    #[serde(rename = "ref")]
+    pub target_ref: TargetRef,
+    /// Absolute paths (as seen in the application container) to back up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    /// The pod volumes holding `paths`, and where they are mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mounts: Option<Vec<VolumeMount>>,
+    /// Glob patterns (restic `--exclude` syntax) not to back up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<Vec<String>>,
+}
+
+/// Status of a `BackupConfiguration`, written by the controllers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupConfigurationStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Paused`, `ScheduleValid`, `RepositoryFound`...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<Condition>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_session: Option<LastSession>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<Time>,
+}
+
+/// The most recent `BackupSession` of a configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastSession {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+}
+
+/// Spec of a `BackupSession`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "hoard.dev",
+    version = "v1beta1",
+    kind = "BackupSession",
+    namespaced,
+    status = "BackupSessionStatus",
+    shortname = "bs",
+    category = "hoard",
+    doc = "One run of a BackupConfiguration: created at each schedule tick, or by a user for an instant backup.",
+    printcolumn(name = "Invoker", type_ = "string", json_path = ".spec.invoker.name"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Hosts-Done",
+        type_ = "integer",
+        json_path = ".status.hostsDone"
+    ),
+    printcolumn(name = "Hosts", type_ = "integer", json_path = ".status.totalHosts"),
+    printcolumn(
+        name = "Duration",
+        type_ = "string",
+        json_path = ".status.sessionDuration"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSessionSpec {
+    /// The `BackupConfiguration` this session runs.
+    pub invoker: InvokerRef,
+}
+
+/// What invoked a `BackupSession`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InvokerRef {
+    /// `hoard.dev`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_group: Option<String>,
+    /// `BackupConfiguration`.
+    pub kind: String,
+    pub name: String,
+}
+
+/// Status of a `BackupSession`. Each host's entry in `stats` is written by the
+/// agent that owns the host; `phase`, `totalHosts`, `hostsDone` and
+/// `sessionDuration` by the controllers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSessionStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_hosts: Option<i32>,
+    /// Hosts that finished (succeeded or failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts_done: Option<i32>,
+    /// Sum of the hosts' durations, Go duration syntax (`4.148288404s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_duration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Vec<HostBackupStats>>,
+    /// Why the session is `Skipped`/`Failed` as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<Condition>>,
+}
+
+/// Backup statistics of one host.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostBackupStats {
+    pub hostname: String,
+    /// Batch backup: the target this host belongs to (absent for `spec.target`
+    /// alone, since host names repeat across targets, e.g. `host-0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Go duration syntax, e.g. `884.431745ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<Vec<SnapshotStats>>,
+    /// Live progress while the host is `Running`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// One snapshot taken for a host (one per path).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotStats {
+    /// Snapshot ID (short or full hex).
+    pub name: String,
+    pub path: String,
+    /// Human-readable total size of the path, e.g. `1.2 GiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_size: Option<String>,
+    /// Human-readable size added to the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_stats: Option<FileStats>,
+}
+
+/// File counts of one snapshot.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileStats {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmodified: Option<i64>,
+}
