@@ -1,42 +1,30 @@
-//! Label and annotation keys the webhook reads and writes.
-//!
-//! These are the names agreed with the `api` crate; they live here only until
-//! the `api` crate exports them, and must stay byte-for-byte identical.
+//! Label and annotation keys the webhook reads and writes: the `api` crate's
+//! names under the short aliases this crate uses, plus the Kubernetes labels
+//! owner resolution reads.
 
-/// Host identity of a pod (`host-<ordinal>`, node name or `host-0`). Set as a
-/// label when the value is a valid label value (so `kubectl get pods -L
-/// hoard.dev/host` works), and always as an annotation (node names may be
-/// longer than the 63 characters a label value allows).
-pub const HOST: &str = "hoard.dev/host";
-/// `Kind/name` of the workload a pod belongs to, e.g. `StatefulSet/web`.
-pub const TARGET: &str = "hoard.dev/target";
-/// Names of the `BackupConfiguration`s that back this pod's workload up.
-pub const BACKUP_CONFIGURATION: &str = "hoard.dev/backup-configuration";
-/// Name of the `RestoreSession` a pod is held for.
-pub const RESTORE_SESSION: &str = "hoard.dev/restore-session";
+use api::keys as k;
 
-/// Auto-backup annotations on a pod template (hence on the pod at CREATE).
-pub const AUTO_BACKUP: &str = "hoard.dev/backup";
-pub const AUTO_REPOSITORY: &str = "hoard.dev/repository";
-pub const AUTO_VOLUMES: &str = "hoard.dev/volumes";
-pub const AUTO_PATHS: &str = "hoard.dev/paths";
-pub const AUTO_SCHEDULE: &str = "hoard.dev/schedule";
-pub const AUTO_RETENTION: &str = "hoard.dev/retention";
+pub const HOST: &str = k::HOST;
+pub const TARGET: &str = k::ANNOTATION_TARGET;
+pub const BACKUP_CONFIGURATION: &str = k::ANNOTATION_BACKUP_CONFIGURATION;
+pub const RESTORE_SESSION: &str = k::ANNOTATION_RESTORE_SESSION;
 
-/// Name of the init-container that holds a pod until its restore is done.
-pub const RESTORE_WAIT_CONTAINER: &str = "hoard-restore-wait";
-/// The `emptyDir` the node agent writes `<session-uid>/done|failed` into.
-pub const RESTORE_STATUS_VOLUME: &str = "hoard-restore-status";
-/// Where only the init-container mounts [`RESTORE_STATUS_VOLUME`].
-pub const RESTORE_STATUS_MOUNT_PATH: &str = "/hoard/status";
+pub const AUTO_BACKUP: &str = k::ANNOTATION_BACKUP;
+pub const AUTO_REPOSITORY: &str = k::ANNOTATION_REPOSITORY;
+pub const AUTO_VOLUMES: &str = k::ANNOTATION_VOLUMES;
+pub const AUTO_PATHS: &str = k::ANNOTATION_PATHS;
+pub const AUTO_SCHEDULE: &str = k::ANNOTATION_SCHEDULE;
+pub const AUTO_RETENTION: &str = k::ANNOTATION_RETENTION;
 
-/// Namespace label that opts a namespace out of the webhook (`disabled`).
-pub const WEBHOOK_OPT_OUT: &str = "hoard.dev/webhook";
-/// Hoard's own pods carry `app.kubernetes.io/part-of: hoard` and are never
-/// patched (the webhook must not depend on itself to start).
-pub const PART_OF: &str = "app.kubernetes.io/part-of";
-pub const PART_OF_HOARD: &str = "hoard";
+pub const RESTORE_WAIT_CONTAINER: &str = k::RESTORE_WAIT_CONTAINER;
+pub const RESTORE_WAIT_BINARY: &str = k::RESTORE_WAIT_BINARY;
+pub const RESTORE_STATUS_VOLUME: &str = k::RESTORE_STATUS_VOLUME;
+pub const RESTORE_STATUS_MOUNT_PATH: &str = k::RESTORE_STATUS_MOUNT_PATH;
 
-/// Labels Kubernetes sets that name a pod's place in its workload.
-pub const STATEFULSET_POD_INDEX: &str = "apps.kubernetes.io/pod-index";
+pub const PART_OF: &str = k::LABEL_PART_OF;
+pub const PART_OF_HOARD: &str = k::PART_OF_HOARD;
+
+pub const STATEFULSET_POD_INDEX: &str = k::POD_INDEX_LABEL;
+/// Set by the Deployment controller on ReplicaSets and their pods; the
+/// ReplicaSet is named `<deployment>-<hash>`.
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";

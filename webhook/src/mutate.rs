@@ -274,45 +274,39 @@ fn target_annotation(top: &Workload, _via: Option<&Workload>) -> String {
     top.to_string()
 }
 
-/// Reads the auto-backup annotations; returns whether `hoard.dev/backup` is
-/// `"true"`. Anything malformed becomes a warning, never a denial.
+/// Reads the auto-backup annotations with the `api` crate's parser (the
+/// controllers use the same one); returns whether auto-backup is on.
+/// Anything malformed becomes a warning, never a denial.
 fn check_auto_backup(pod: &Pod, warnings: &mut Vec<String>) -> bool {
-    let enabled = match annotation(pod, keys::AUTO_BACKUP) {
-        None => false,
-        Some(v) if v.eq_ignore_ascii_case("true") => true,
-        Some(v) if v.eq_ignore_ascii_case("false") => false,
-        Some(v) => {
-            warnings.push(format!(
-                "hoard: annotation {}={v:?} is neither \"true\" nor \"false\"; \
-                 the pod is not backed up by annotation",
-                keys::AUTO_BACKUP
-            ));
-            false
-        }
-    };
-    let others = [
-        keys::AUTO_REPOSITORY,
-        keys::AUTO_VOLUMES,
-        keys::AUTO_PATHS,
-        keys::AUTO_SCHEDULE,
-        keys::AUTO_RETENTION,
-    ];
-    if !enabled {
-        let stray: Vec<_> = others
-            .iter()
+    match api::auto_backup::parse_auto_backup(pod.metadata.annotations.as_ref()) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            let stray: Vec<_> = [
+                keys::AUTO_REPOSITORY,
+                keys::AUTO_VOLUMES,
+                keys::AUTO_PATHS,
+                keys::AUTO_SCHEDULE,
+                keys::AUTO_RETENTION,
+            ]
+            .into_iter()
             .filter(|k| annotation(pod, k).is_some())
-            .copied()
             .collect();
-        if !stray.is_empty() {
-            warnings.push(format!(
-                "hoard: {} has no effect without {}: \"true\"",
-                stray.join(", "),
-                keys::AUTO_BACKUP
-            ));
+            if !stray.is_empty() {
+                warnings.push(format!(
+                    "hoard: {} has no effect without {}: \"true\"",
+                    stray.join(", "),
+                    keys::AUTO_BACKUP
+                ));
+            }
+            return false;
         }
-        return false;
+        Err(e) => warnings.extend(e.problems.iter().map(|p| format!("hoard: {p}"))),
     }
-    if let Some(v) = annotation(pod, keys::AUTO_VOLUMES) {
+    // `hoard.dev/backup: "true"` with, say, a bad schedule still marks the
+    // pod as backed up: its identity labels are right either way, and the
+    // controllers report the schedule problem on the configuration.
+    let enabled = annotation(pod, keys::AUTO_BACKUP).is_some_and(|v| v.trim() == "true");
+    if enabled && let Some(v) = annotation(pod, keys::AUTO_VOLUMES) {
         let known: Vec<_> = pod_volume_names(pod).collect();
         let missing: Vec<_> = split_list(v).filter(|n| !known.contains(n)).collect();
         if !missing.is_empty() {
@@ -323,27 +317,7 @@ fn check_auto_backup(pod: &Pod, warnings: &mut Vec<String>) -> bool {
             ));
         }
     }
-    if let Some(v) = annotation(pod, keys::AUTO_PATHS) {
-        let relative: Vec<_> = split_list(v).filter(|p| !p.starts_with('/')).collect();
-        if !relative.is_empty() {
-            warnings.push(format!(
-                "hoard: {} wants absolute paths; not absolute: {}",
-                keys::AUTO_PATHS,
-                relative.join(", ")
-            ));
-        }
-    }
-    if let Some(v) = annotation(pod, keys::AUTO_SCHEDULE) {
-        let fields = v.split_whitespace().count();
-        let macro_ok = v.trim().starts_with('@');
-        if fields != 5 && !macro_ok {
-            warnings.push(format!(
-                "hoard: {}={v:?} is not a cron schedule (5 fields, e.g. \"0 2 * * *\")",
-                keys::AUTO_SCHEDULE
-            ));
-        }
-    }
-    true
+    enabled
 }
 
 fn split_list(v: &str) -> impl Iterator<Item = &str> {
@@ -441,7 +415,7 @@ pub fn restore_wait_container(
         name: keys::RESTORE_WAIT_CONTAINER.to_owned(),
         image: Some(cfg.image.clone()),
         image_pull_policy: Some("IfNotPresent".to_owned()),
-        command: Some(vec!["restore-wait".to_owned()]),
+        command: Some(vec![keys::RESTORE_WAIT_BINARY.to_owned()]),
         args: Some(vec![
             "--session-uid".to_owned(),
             r.uid.clone(),

@@ -26,11 +26,7 @@ pub struct BackupSummary {
     pub targets: Vec<Workload>,
 }
 
-/// One `spec.rules[]` entry, as far as deciding "does this host get a restore".
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct RestoreRule {
-    pub target_hosts: Vec<String>,
-}
+pub use api::restore::RestoreRule;
 
 /// A volume the restore writes into: mounted read-only in the init-container
 /// so the kubelet sets it up before the node agent looks for it.
@@ -66,28 +62,14 @@ pub struct RestoreSummary {
 }
 
 impl RestoreSummary {
-    /// Whether this session still owes `host` a restore.
+    /// Whether this session still owes `host` a restore: unfinished, not
+    /// yet ended on that host, and a rule selects the host (the `api`
+    /// crate's matching, shared with the node agent).
     pub fn owes(&self, host: &str) -> bool {
-        !self.finished && !self.hosts_finished.contains(host) && rules_select(&self.rules, host)
+        !self.finished
+            && !self.hosts_finished.contains(host)
+            && api::rules::plan_for_host(host, Some(&self.rules)).is_some()
     }
-}
-
-/// Restore-rule matching as the Stash docs (seed 001) define it: the first
-/// rule that names the host applies; a rule with empty `targetHosts` applies
-/// to every host no other rule names; no matching rule → nothing restored
-/// there. A session without rules restores every host from its own backup.
-pub fn rules_select(rules: &[RestoreRule], host: &str) -> bool {
-    if rules.is_empty() {
-        return true;
-    }
-    let named = |h: &str| rules.iter().any(|r| r.target_hosts.iter().any(|t| t == h));
-    rules.iter().any(|r| {
-        if r.target_hosts.is_empty() {
-            !named(host)
-        } else {
-            r.target_hosts.iter().any(|t| t == host)
-        }
-    })
 }
 
 type ObjKey = (String, String);
@@ -355,8 +337,17 @@ mod tests {
 
     fn rule(hosts: &[&str]) -> RestoreRule {
         RestoreRule {
-            target_hosts: hosts.iter().map(|s| s.to_string()).collect(),
+            target_hosts: Some(hosts.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
         }
+    }
+
+    fn owes(rules: Vec<RestoreRule>, host: &str) -> bool {
+        RestoreSummary {
+            rules,
+            ..Default::default()
+        }
+        .owes(host)
     }
 
     #[test]
@@ -364,14 +355,13 @@ mod tests {
         // seed 001: host-3/host-4 from host-1, then [] for everyone else.
         let rules = vec![rule(&["host-3", "host-4"]), rule(&[])];
         for h in ["host-0", "host-1", "host-3", "host-4", "node-a"] {
-            assert!(rules_select(&rules, h), "{h}");
+            assert!(owes(rules.clone(), h), "{h}");
         }
         // Without the catch-all rule, unnamed hosts get nothing.
-        let rules = vec![rule(&["host-3"])];
-        assert!(rules_select(&rules, "host-3"));
-        assert!(!rules_select(&rules, "host-0"));
+        assert!(owes(vec![rule(&["host-3"])], "host-3"));
+        assert!(!owes(vec![rule(&["host-3"])], "host-0"));
         // No rules: every host restores its own data.
-        assert!(rules_select(&[], "host-7"));
+        assert!(owes(vec![], "host-7"));
     }
 
     #[test]

@@ -16,55 +16,26 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use crate::keys;
 
-/// Kinds of workload Hoard backs up and restores through pods.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum WorkloadKind {
-    Deployment,
-    ReplicaSet,
-    StatefulSet,
-    DaemonSet,
-    ReplicationController,
-    /// A pod with no controller.
-    Pod,
-}
+pub use api::host::{HostError, WorkloadKind};
 
-impl WorkloadKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkloadKind::Deployment => "Deployment",
-            WorkloadKind::ReplicaSet => "ReplicaSet",
-            WorkloadKind::StatefulSet => "StatefulSet",
-            WorkloadKind::DaemonSet => "DaemonSet",
-            WorkloadKind::ReplicationController => "ReplicationController",
-            WorkloadKind::Pod => "Pod",
-        }
-    }
-
-    /// Maps an object reference (`apiVersion` + `kind`) to a workload kind.
-    /// The group must match too: a custom `Deployment` kind of another group
-    /// is not ours to patch.
-    pub fn from_ref(api_version: &str, kind: &str) -> Option<WorkloadKind> {
-        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-        match (group, kind) {
-            ("apps" | "extensions", "Deployment") => Some(WorkloadKind::Deployment),
-            ("apps" | "extensions", "ReplicaSet") => Some(WorkloadKind::ReplicaSet),
-            ("apps", "StatefulSet") => Some(WorkloadKind::StatefulSet),
-            ("apps" | "extensions", "DaemonSet") => Some(WorkloadKind::DaemonSet),
-            ("", "ReplicationController") => Some(WorkloadKind::ReplicationController),
-            ("", "Pod") => Some(WorkloadKind::Pod),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for WorkloadKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// Maps an object reference (`apiVersion` + `kind`) to a workload kind whose
+/// pods Hoard patches. The group must match too: a custom `StatefulSet` kind
+/// of another group is not ours.
+pub fn kind_from_ref(api_version: &str, kind: &str) -> Option<WorkloadKind> {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    match (group, kind) {
+        ("apps" | "extensions", "Deployment") => Some(WorkloadKind::Deployment),
+        ("apps" | "extensions", "ReplicaSet") => Some(WorkloadKind::ReplicaSet),
+        ("apps", "StatefulSet") => Some(WorkloadKind::StatefulSet),
+        ("apps" | "extensions", "DaemonSet") => Some(WorkloadKind::DaemonSet),
+        ("", "ReplicationController") => Some(WorkloadKind::ReplicationController),
+        ("", "Pod") => Some(WorkloadKind::Pod),
+        _ => None,
     }
 }
 
 /// A workload within a namespace.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Workload {
     pub kind: WorkloadKind,
     pub name: String,
@@ -82,7 +53,7 @@ impl Workload {
 /// `Kind/name`, the value of the `hoard.dev/target` annotation.
 impl fmt::Display for Workload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.kind, self.name)
+        f.write_str(&api::host::target_annotation(self.kind, &self.name))
     }
 }
 
@@ -162,7 +133,7 @@ pub fn resolve_owner(
             }
         };
     };
-    let Some(kind) = WorkloadKind::from_ref(&owner.api_version, &owner.kind) else {
+    let Some(kind) = kind_from_ref(&owner.api_version, &owner.kind) else {
         return Owner::Unsupported {
             kind: owner.kind.clone(),
             name: owner.name.clone(),
@@ -200,93 +171,40 @@ fn deployment_from_hash(pod: &Pod, rs_name: &str) -> Option<String> {
     (!prefix.is_empty()).then(|| prefix.to_owned())
 }
 
-/// Why no host name could be derived for a pod.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HostError {
-    #[error(
-        "StatefulSet pod has no ordinal: neither the {label} label nor a name ending in -<number>; \
-         hoard cannot tell which host-<ordinal> it is"
-    )]
-    NoOrdinal { label: &'static str },
-    #[error(
-        "DaemonSet pod is not pinned to a node: no spec.nodeName and no node affinity on \
-         metadata.name; hoard cannot tell which node's backup it is"
-    )]
-    NoNode,
-}
-
-/// The backup host of a pod of `kind`.
+/// The backup host of a pod of `kind`, by the `api` crate's rules (which the
+/// node agent shares). `request_name` stands in for a missing
+/// `metadata.name`.
 pub fn host_name(pod: &Pod, request_name: &str, kind: WorkloadKind) -> Result<String, HostError> {
+    let name = pod_name(pod, request_name);
     match kind {
-        WorkloadKind::StatefulSet => statefulset_ordinal(pod, request_name)
-            .map(|o| format!("host-{o}"))
-            .ok_or(HostError::NoOrdinal {
-                label: keys::STATEFULSET_POD_INDEX,
-            }),
-        WorkloadKind::DaemonSet => daemonset_node(pod).ok_or(HostError::NoNode),
-        _ => Ok("host-0".to_owned()),
+        WorkloadKind::StatefulSet => {
+            api::host::statefulset_ordinal(name, pod.metadata.labels.as_ref())
+                .map(api::host::host_for_ordinal)
+                .ok_or_else(|| HostError::NoOrdinal {
+                    pod: name.to_owned(),
+                })
+        }
+        WorkloadKind::DaemonSet => {
+            api::host::daemonset_node_name(pod).ok_or_else(|| HostError::NoNode {
+                pod: pod_name_or_generate(pod, request_name),
+            })
+        }
+        _ => Ok(api::host::HOST_0.to_owned()),
     }
 }
 
-fn parse_ordinal(s: &str) -> Option<u32> {
-    // `u32::from_str` accepts a leading '+'; an ordinal never has one.
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+fn pod_name_or_generate(pod: &Pod, request_name: &str) -> String {
+    let n = pod_name(pod, request_name);
+    if n.is_empty() {
+        pod.metadata.generate_name.clone().unwrap_or_default()
+    } else {
+        n.to_owned()
     }
-    s.parse().ok()
 }
 
-fn statefulset_ordinal(pod: &Pod, request_name: &str) -> Option<u32> {
-    let from_label = pod
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(keys::STATEFULSET_POD_INDEX))
-        .and_then(|v| parse_ordinal(v));
-    from_label.or_else(|| {
-        let name = pod_name(pod, request_name);
-        name.rsplit_once('-').and_then(|(_, o)| parse_ordinal(o))
-    })
-}
-
-/// At CREATE a DaemonSet pod is not bound yet: the DaemonSet controller pins
-/// it with required node affinity `matchFields metadata.name In [<node>]`.
-fn daemonset_node(pod: &Pod) -> Option<String> {
-    let spec = pod.spec.as_ref()?;
-    if let Some(n) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
-        return Some(n.to_owned());
-    }
-    let terms = &spec
-        .affinity
-        .as_ref()?
-        .node_affinity
-        .as_ref()?
-        .required_during_scheduling_ignored_during_execution
-        .as_ref()?
-        .node_selector_terms;
-    terms
-        .iter()
-        .flat_map(|t| t.match_fields.iter().flatten())
-        .find_map(|r| match r.values.as_deref() {
-            Some([node]) if r.key == "metadata.name" && r.operator == "In" && !node.is_empty() => {
-                Some(node.clone())
-            }
-            _ => None,
-        })
-}
-
-/// Whether `v` may be used as a label value: at most 63 characters,
-/// alphanumerics, `-`, `_` and `.`, starting and ending alphanumeric.
+/// Whether `v` may be used as a label value (≤ 63 characters, ...).
 pub fn is_label_value(v: &str) -> bool {
-    let b = v.as_bytes();
-    if b.is_empty() {
-        return true;
-    }
-    b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    api::host::is_valid_label_value(v)
 }
 
 #[cfg(test)]
@@ -489,11 +407,11 @@ mod tests {
             (
                 "StatefulSet pod without ordinal",
                 pod(serde_json::json!({"metadata": {"name": "web-x",
-                    "labels": {"apps.kubernetes.io/pod-index": "+1"}}})),
+                    "labels": {"apps.kubernetes.io/pod-index": "one"}}})),
                 "",
                 WorkloadKind::StatefulSet,
                 Err(HostError::NoOrdinal {
-                    label: keys::STATEFULSET_POD_INDEX,
+                    pod: "web-x".into(),
                 }),
             ),
             (
@@ -518,14 +436,16 @@ mod tests {
             ),
             (
                 "DaemonSet pod with ambiguous affinity",
-                pod(serde_json::json!({"metadata": {},
+                pod(serde_json::json!({"metadata": {"generateName": "agent-"},
                     "spec": {"containers": [], "affinity": {"nodeAffinity": {
                         "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
                             {"matchFields": [{"key": "metadata.name", "operator": "In",
                                               "values": ["a", "b"]}]}]}}}}})),
                 "",
                 WorkloadKind::DaemonSet,
-                Err(HostError::NoNode),
+                Err(HostError::NoNode {
+                    pod: "agent-".into(),
+                }),
             ),
             (
                 "Deployment",
@@ -568,14 +488,14 @@ mod tests {
     #[test]
     fn workload_kinds_need_the_right_group() {
         assert_eq!(
-            WorkloadKind::from_ref("apps/v1", "StatefulSet"),
+            kind_from_ref("apps/v1", "StatefulSet"),
             Some(WorkloadKind::StatefulSet)
         );
         assert_eq!(
-            WorkloadKind::from_ref("v1", "ReplicationController"),
+            kind_from_ref("v1", "ReplicationController"),
             Some(WorkloadKind::ReplicationController)
         );
-        assert_eq!(WorkloadKind::from_ref("v1", "Deployment"), None);
+        assert_eq!(kind_from_ref("v1", "Deployment"), None);
         assert_eq!(
             Workload::new(WorkloadKind::StatefulSet, "web").to_string(),
             "StatefulSet/web"

@@ -210,7 +210,8 @@ async fn a_host_whose_restore_finished_is_not_held_again() {
     r.hosts_finished.insert("host-0".into());
     // host-1 is named by a rule, host-0 by none and there is no catch-all.
     r.rules = vec![RestoreRule {
-        target_hosts: vec!["host-1".into()],
+        target_hosts: Some(vec!["host-1".into()]),
+        ..Default::default()
     }];
     state.apply_restore("demo", r);
     let server = TestServer::start(state).await;
@@ -410,9 +411,9 @@ async fn malformed_hoard_annotations_warn_but_never_deny() {
     assert_eq!(a.response["allowed"], true);
     let warnings: Vec<String> = serde_json::from_value(a.response["warnings"].clone()).unwrap();
     assert_eq!(warnings.len(), 3, "{warnings:?}");
-    assert!(warnings[0].contains("nope"), "{warnings:?}");
-    assert!(warnings[1].contains("relative/dir"));
-    assert!(warnings[2].contains("every day"));
+    assert!(warnings[0].contains("relative/dir"), "{warnings:?}");
+    assert!(warnings[1].contains("hoard.dev/schedule"), "{warnings:?}");
+    assert!(warnings[2].contains("nope"), "{warnings:?}");
     assert_eq!(labels(&a.pod)["hoard.dev/host"], "host-0");
 
     let mut review = fixture("pod-create-bare.json");
@@ -424,7 +425,7 @@ async fn malformed_hoard_annotations_warn_but_never_deny() {
         a.response["warnings"][0]
             .as_str()
             .unwrap()
-            .contains("neither \"true\" nor \"false\"")
+            .contains("use \"true\" or \"false\"")
     );
     server.stop().await;
 }
