@@ -12,6 +12,7 @@
 //! * [`args`] wires it together for the `hoard-webhook` binary.
 
 pub mod admin;
+pub mod args;
 pub mod keys;
 pub mod metrics;
 pub mod mutate;
@@ -19,4 +20,5 @@ pub mod review;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod watch;
 pub mod workload;

@@ -1,1 +1,7 @@
-fn main() {}
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    webhook::tls::install_default_provider();
+    webhook::args::run(webhook::args::Args::parse()).await
+}
