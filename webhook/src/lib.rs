@@ -19,6 +19,7 @@ pub mod mutate;
 pub mod review;
 pub mod server;
 pub mod state;
+pub mod testing;
 pub mod tls;
 pub mod watch;
 pub mod workload;
