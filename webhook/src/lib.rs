@@ -9,7 +9,10 @@
 //!   [`mutate::mutate`], which reads only the state;
 //! * [`admin`] serves `/live`, `/ready` and `/metrics` ([`metrics`]) on a
 //!   plain-HTTP port;
-//! * [`args`] wires it together for the `hoard-webhook` binary.
+//! * [`workload`] resolves a pod's owner and backup host name;
+//! * [`args`] wires it together for the `hoard-webhook` binary;
+//! * [`testing`] holds the invariants and fixtures-state shared by the
+//!   property tests, the fuzz target and the benchmark.
 
 pub mod admin;
 pub mod args;

@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use crate::keys;
 use crate::state::{RestoreSummary, State};
-use crate::workload::{self, Owner, Workload};
+use crate::workload::{self, Owner};
 
 /// What the webhook injects, from its command line.
 #[derive(Clone, Debug)]
@@ -118,8 +118,10 @@ pub fn mutate(req: &AdmissionRequest<Pod>, state: &State, cfg: &InjectConfig) ->
     let mut warnings = Vec::new();
     let auto_backup = check_auto_backup(pod, &mut warnings);
     let owner = workload::resolve_owner(pod, &req.name, ns, state);
-    let (top, via) = match &owner {
-        Owner::Workload { top, via } => (top, via.as_ref()),
+    // The target annotation names the Deployment, not the ReplicaSet in
+    // between: that changes with every rollout, the Deployment does not.
+    let top = match &owner {
+        Owner::Workload { top, .. } => top,
         Owner::UnnamedPod => {
             if auto_backup {
                 warnings.push(format!(
@@ -191,10 +193,8 @@ pub fn mutate(req: &AdmissionRequest<Pod>, state: &State, cfg: &InjectConfig) ->
     if workload::is_label_value(&host) {
         labels.insert(keys::HOST, host.clone());
     }
-    let mut annotations = BTreeMap::from([
-        (keys::HOST, host.clone()),
-        (keys::TARGET, target_annotation(top, via)),
-    ]);
+    let mut annotations =
+        BTreeMap::from([(keys::HOST, host.clone()), (keys::TARGET, top.to_string())]);
     if !configs.is_empty() {
         let names: Vec<_> = configs.into_iter().collect();
         annotations.insert(keys::BACKUP_CONFIGURATION, names.join(","));
@@ -266,12 +266,6 @@ fn pod_volume_names(pod: &Pod) -> impl Iterator<Item = &str> {
         .unwrap_or_default()
         .iter()
         .map(|v| v.name.as_str())
-}
-
-/// The workload, e.g. `StatefulSet/web`. A Deployment pod's ReplicaSet is
-/// left out: it changes with every rollout, the Deployment does not.
-fn target_annotation(top: &Workload, _via: Option<&Workload>) -> String {
-    top.to_string()
 }
 
 /// Reads the auto-backup annotations with the `api` crate's parser (the

@@ -429,3 +429,36 @@ async fn malformed_hoard_annotations_warn_but_never_deny() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn http2_clients_are_answered_like_http1_clients() {
+    let state = State::new();
+    state.apply_backup(
+        "demo",
+        backup("web-backup", WorkloadKind::StatefulSet, "web"),
+    );
+    let server = TestServer::start(state).await;
+    let review = fixture("pod-create-statefulset-web-0.json");
+    let http1 = server.client().await.review(&review).await;
+    let mut h2 = server.h2_sender().await;
+    // Several reviews multiplexed on one connection.
+    let mut pending = Vec::new();
+    for _ in 0..4 {
+        let req = http::Request::post("https://localhost/mutate/pods?timeout=10s")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                serde_json::to_vec(&review).unwrap(),
+            )))
+            .unwrap();
+        pending.push(h2.send_request(req));
+    }
+    for resp in futures::future::join_all(pending).await {
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        use http_body_util::BodyExt;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer, http1);
+    }
+    server.stop().await;
+}

@@ -254,3 +254,25 @@ pub fn apply(review: &serde_json::Value, answer: &serde_json::Value) -> Answered
         original,
     }
 }
+
+impl TestServer {
+    /// An HTTP/2 connection negotiated by ALPN, as the kube-apiserver makes.
+    pub async fn h2_sender(&self) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+        let mut cfg = (*self.pki.client_config()).clone();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let tls = TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+}
