@@ -1,0 +1,262 @@
+//! The HTTPS admission endpoint: a hand-written hyper service in front of
+//! [`review::answer`].
+//!
+//! Data flow: TCP accept → TLS handshake (bounded in time; the certificate
+//! comes from [`crate::tls::CertStore`] per handshake) → HTTP/1.1 or HTTP/2
+//! (header reads time out) → [`Admission`]: route, method, content type and
+//! size checks → body read (bounded in size and time) → decode + mutate →
+//! JSON answer. Only `POST /mutate/pods` reaches the decision; anything else
+//! gets a plain status code. A review that cannot be read still gets a valid
+//! `AdmissionReview` so the API server logs a reason, not a broken webhook.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::mutate::{InjectConfig, Outcome};
+use crate::review;
+use crate::state::State;
+
+/// The only path that answers reviews.
+pub const MUTATE_PODS_PATH: &str = "/mutate/pods";
+
+/// Bounds on what a client may make the server hold or wait for.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The API server caps requests at 3 MiB; a review of a Pod is far
+    /// smaller, so anything above is not a genuine review.
+    pub max_body: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// How long open connections may finish after shutdown starts.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // The API server gives a webhook at most `timeoutSeconds` (≤ 30 s,
+        // 10 s in our manifests); nothing legitimate is slower than that.
+        Limits {
+            max_body: 3 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The admission service. Cheap to clone: one per connection.
+#[derive(Clone, Debug)]
+pub struct Admission {
+    pub state: Arc<State>,
+    pub inject: Arc<InjectConfig>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn plain(status: StatusCode, text: &'static str) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn is_json(req: &http::request::Parts) -> bool {
+    req.headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+impl Admission {
+    /// Answers one HTTP request.
+    pub async fn handle<B>(&self, req: Request<B>) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let (parts, body) = req.into_parts();
+        if parts.uri.path() != MUTATE_PODS_PATH {
+            return plain(
+                StatusCode::NOT_FOUND,
+                "not found: the admission endpoint is POST /mutate/pods\n",
+            );
+        }
+        if parts.method != Method::POST {
+            let mut r = plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: send AdmissionReviews with POST\n",
+            );
+            r.headers_mut()
+                .insert(ALLOW, http::HeaderValue::from_static("POST"));
+            return r;
+        }
+        let reject = |status, reason: &str| {
+            self.metrics.observe(Outcome::Invalid, 0.0, 0);
+            json(status, review::rejection(reason))
+        };
+        if !is_json(&parts) {
+            return reject(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "hoard-webhook expects Content-Type: application/json (an AdmissionReview)",
+            );
+        }
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let too_large = "the AdmissionReview is larger than hoard-webhook accepts (3 MiB)";
+        if declared.is_some_and(|n| n > self.limits.max_body as u64) {
+            return reject(StatusCode::PAYLOAD_TOO_LARGE, too_large);
+        }
+        let read = tokio::time::timeout(
+            self.limits.body_read_timeout,
+            Limited::new(body, self.limits.max_body).collect(),
+        )
+        .await;
+        let bytes = match read {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return reject(StatusCode::PAYLOAD_TOO_LARGE, too_large);
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "reading a review body failed");
+                return reject(
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read",
+                );
+            }
+            Err(_) => {
+                return reject(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                );
+            }
+        };
+        let start = Instant::now();
+        let answer = review::answer(&bytes, &self.state, &self.inject);
+        self.metrics.observe(
+            answer.outcome,
+            start.elapsed().as_secs_f64(),
+            answer.warnings,
+        );
+        debug!(outcome = answer.outcome.as_str(), "review answered");
+        json(StatusCode::OK, answer.body)
+    }
+}
+
+impl<B> hyper::service::Service<Request<B>> for Admission
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Reply, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}
+
+/// Serves `svc` over TLS on `listener` until `shutdown` completes, then lets
+/// open connections finish for up to `limits.drain_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    svc: Admission,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let limits = svc.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving the
+                    // connections we have, try again shortly.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let svc = svc.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let conn = builder
+                .serve_connection(TokioIo::new(tls), svc)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    info!("admission server draining connections");
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("connections still open after the drain timeout; closing them");
+    }
+}

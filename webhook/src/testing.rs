@@ -1,0 +1,145 @@
+//! Helpers shared by the property tests, the fuzz target and the benchmark:
+//! a populated [`State`] and the invariants every answer must satisfy.
+//! Nothing here is used when serving.
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::Value;
+
+use crate::state::{BackupSummary, RestoreMount, RestoreSummary, State};
+use crate::workload::{ReplicaSetOwner, Workload, WorkloadKind};
+
+/// A state in which every workload of the admission fixtures is backed up
+/// and has a pending restore (namespace `demo`).
+pub fn busy_state() -> State {
+    let state = State::new();
+    state.apply_replicaset(
+        "demo",
+        "app-7df4659c59",
+        ReplicaSetOwner::Deployment("app".into()),
+    );
+    for (kind, name, volume) in [
+        (WorkloadKind::StatefulSet, "web", "data"),
+        (WorkloadKind::Deployment, "app", "data"),
+        (WorkloadKind::DaemonSet, "agent", "host-var-log"),
+        (WorkloadKind::Pod, "bare", "scratch"),
+    ] {
+        let w = Workload::new(kind, name);
+        state.apply_backup(
+            "demo",
+            BackupSummary {
+                name: format!("{name}-backup"),
+                targets: vec![w.clone()],
+            },
+        );
+        state.apply_restore(
+            "demo",
+            RestoreSummary {
+                uid: format!("00000000-0000-0000-0000-{:012}", name.len()),
+                name: format!("{name}-restore"),
+                target: Some(w),
+                volume_mounts: vec![RestoreMount {
+                    name: volume.into(),
+                    mount_path: "/restore".into(),
+                }],
+                ..Default::default()
+            },
+        );
+    }
+    state.mark_all_synced();
+    state
+}
+
+/// Adds `n` unrelated workloads per kind in namespace `bench-<i % 100>`, each
+/// with a BackupConfiguration and a finished RestoreSession, and a
+/// Deployment-owned ReplicaSet per Deployment: the cache load of a large
+/// cluster.
+pub fn populate(state: &State, n: usize) {
+    for i in 0..n {
+        let ns = format!("bench-{}", i % 100);
+        for kind in [WorkloadKind::Deployment, WorkloadKind::StatefulSet] {
+            let name = format!("{}-{i}", kind.as_str().to_ascii_lowercase());
+            let w = Workload::new(kind, &name);
+            state.apply_backup(
+                &ns,
+                BackupSummary {
+                    name: format!("{name}-backup"),
+                    targets: vec![w.clone()],
+                },
+            );
+            state.apply_restore(
+                &ns,
+                RestoreSummary {
+                    uid: format!("uid-{name}"),
+                    name: format!("{name}-restore"),
+                    target: Some(w),
+                    finished: true,
+                    ..Default::default()
+                },
+            );
+            if kind == WorkloadKind::Deployment {
+                state.apply_replicaset(
+                    &ns,
+                    &format!("{name}-5d8f7c9b4"),
+                    ReplicaSetOwner::Deployment(name.clone()),
+                );
+            }
+        }
+    }
+}
+
+/// Checks what every answer must be: a JSON `AdmissionReview` with a
+/// response; a denial carries no patch; a patch is a JSON patch that applies
+/// to the request's object and leaves a valid Pod whose Hoard host label is
+/// a valid label value and whose restore init-container, if any, is first.
+pub fn check_answer(request: &[u8], answer: &[u8]) -> Result<(), String> {
+    let review: Value =
+        serde_json::from_slice(answer).map_err(|e| format!("answer is not JSON: {e}"))?;
+    if review["kind"] != "AdmissionReview" {
+        return Err(format!("answer kind is {}", review["kind"]));
+    }
+    let resp = &review["response"];
+    let allowed = resp["allowed"]
+        .as_bool()
+        .ok_or("answer has no response.allowed")?;
+    let Some(patch) = resp.get("patch") else {
+        return Ok(());
+    };
+    if !allowed {
+        return Err("a denial carries a patch".into());
+    }
+    let bytes: Vec<u8> =
+        serde_json::from_value(patch.clone()).map_err(|e| format!("patch is not bytes: {e}"))?;
+    let patch: json_patch::Patch =
+        serde_json::from_slice(&bytes).map_err(|e| format!("patch is not a JSON patch: {e}"))?;
+    let request: Value =
+        serde_json::from_slice(request).map_err(|e| format!("patched a non-JSON request: {e}"))?;
+    if resp["uid"] != request["request"]["uid"] {
+        return Err("patched answer does not echo the uid".into());
+    }
+    let mut object = request["request"]["object"].clone();
+    json_patch::patch(&mut object, &patch).map_err(|e| format!("patch does not apply: {e}"))?;
+    let pod: Pod =
+        serde_json::from_value(object).map_err(|e| format!("patched object is not a Pod: {e}"))?;
+    if let Some(h) = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(crate::keys::HOST))
+        && !crate::workload::is_label_value(h)
+    {
+        return Err(format!("host label {h:?} is not a valid label value"));
+    }
+    let inits = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default();
+    let ours = inits
+        .iter()
+        .filter(|c| c.name == crate::keys::RESTORE_WAIT_CONTAINER)
+        .count();
+    if ours > 1 || (ours == 1 && inits[0].name != crate::keys::RESTORE_WAIT_CONTAINER) {
+        return Err("restore-wait is duplicated or not first".into());
+    }
+    Ok(())
+}

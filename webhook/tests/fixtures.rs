@@ -1,0 +1,464 @@
+//! The real AdmissionReviews a kube-apiserver sent (shared/fixtures/admission)
+//! over real HTTPS to the running server; each returned patch is applied to
+//! the original object and read back as a typed Pod.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Answered, TestServer, apply, fixture};
+use k8s_openapi::api::core::v1::{Container, Pod, Volume};
+use serde_json::json;
+use webhook::state::{BackupSummary, RestoreMount, RestoreRule, RestoreSummary, State};
+use webhook::workload::{ReplicaSetOwner, Workload, WorkloadKind};
+
+const SESSION_UID: &str = "0d7c1c4e-1f4e-4c4b-9d55-6a9c2b4f8e21";
+
+fn backup(name: &str, kind: WorkloadKind, target: &str) -> BackupSummary {
+    BackupSummary {
+        name: name.into(),
+        targets: vec![Workload::new(kind, target)],
+    }
+}
+
+fn restore(
+    name: &str,
+    kind: WorkloadKind,
+    target: &str,
+    mounts: &[(&str, &str)],
+) -> RestoreSummary {
+    RestoreSummary {
+        uid: SESSION_UID.into(),
+        name: name.into(),
+        target: Some(Workload::new(kind, target)),
+        volume_mounts: mounts
+            .iter()
+            .map(|(n, p)| RestoreMount {
+                name: (*n).into(),
+                mount_path: (*p).into(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn labels(pod: &Pod) -> BTreeMap<String, String> {
+    pod.metadata.labels.clone().unwrap_or_default()
+}
+fn annotations(pod: &Pod) -> BTreeMap<String, String> {
+    pod.metadata.annotations.clone().unwrap_or_default()
+}
+
+/// Everything in `after` except the keys Hoard adds equals `before`.
+fn only_hoard_keys_added(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) {
+    let kept: BTreeMap<_, _> = after
+        .iter()
+        .filter(|(k, _)| !k.starts_with("hoard.dev/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(&kept, before);
+}
+
+/// The init-container exactly as a user will see it in `kubectl get pod -o yaml`.
+fn expected_init_container(mounts: serde_json::Value) -> Container {
+    serde_json::from_value(json!({
+        "name": "hoard-restore-wait",
+        "image": common::IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["restore-wait"],
+        "args": ["--session-uid", SESSION_UID, "--status-dir", "/hoard/status",
+                 "--deadline-seconds", "3600"],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "16Mi"}
+        },
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "allowPrivilegeEscalation": false,
+            "privileged": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts
+    }))
+    .unwrap()
+}
+
+fn status_volume() -> Volume {
+    serde_json::from_value(json!({
+        "name": "hoard-restore-status",
+        "emptyDir": {"sizeLimit": "1Mi"}
+    }))
+    .unwrap()
+}
+
+async fn send(server: &TestServer, review: &serde_json::Value) -> Answered {
+    let mut client = server.client().await;
+    let answer = client.review(review).await;
+    apply(review, &answer)
+}
+
+#[tokio::test]
+async fn unrelated_pods_are_allowed_without_a_patch() {
+    let server = TestServer::start(State::new()).await;
+    for f in [
+        "pod-create-bare.json",
+        "pod-create-deployment.json",
+        "pod-create-statefulset-web-0.json",
+        "pod-create-daemonset.json",
+        "pod-create-dryrun.json",
+    ] {
+        let a = send(&server, &fixture(f)).await;
+        assert_eq!(a.response["allowed"], true, "{f}");
+        assert!(a.patch.is_none(), "{f} must not be patched");
+        assert!(a.response.get("warnings").is_none(), "{f}");
+    }
+    assert_eq!(server.metrics.reviews(webhook::mutate::Outcome::Skipped), 5);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn statefulset_pod_gets_identity_and_is_held_for_its_restore() {
+    let state = State::new();
+    state.apply_backup(
+        "demo",
+        backup("web-backup", WorkloadKind::StatefulSet, "web"),
+    );
+    state.apply_restore(
+        "demo",
+        restore(
+            "web-restore",
+            WorkloadKind::StatefulSet,
+            "web",
+            &[("data", "/usr/share/nginx/html")],
+        ),
+    );
+    let server = TestServer::start(state).await;
+    let review = fixture("pod-create-statefulset-web-1.json");
+    let a = send(&server, &review).await;
+    assert_eq!(a.response["allowed"], true);
+
+    let l = labels(&a.pod);
+    assert_eq!(l["hoard.dev/host"], "host-1");
+    only_hoard_keys_added(&labels(&a.original), &l);
+    assert_eq!(
+        annotations(&a.pod),
+        BTreeMap::from([
+            ("hoard.dev/host".to_owned(), "host-1".to_owned()),
+            ("hoard.dev/target".to_owned(), "StatefulSet/web".to_owned()),
+            (
+                "hoard.dev/backup-configuration".to_owned(),
+                "web-backup".to_owned()
+            ),
+            (
+                "hoard.dev/restore-session".to_owned(),
+                "web-restore".to_owned()
+            ),
+        ]),
+        "the fixture has no annotations, so the map is added whole"
+    );
+
+    let spec = a.pod.spec.as_ref().unwrap();
+    let original = a.original.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.init_containers.as_deref().unwrap(),
+        [expected_init_container(json!([
+            {"name": "hoard-restore-status", "mountPath": "/hoard/status"},
+            {"name": "data", "mountPath": "/usr/share/nginx/html", "readOnly": true}
+        ]))]
+    );
+    let volumes = spec.volumes.as_deref().unwrap();
+    assert_eq!(
+        volumes[..volumes.len() - 1],
+        original.volumes.as_deref().unwrap()[..]
+    );
+    assert_eq!(volumes.last().unwrap(), &status_volume());
+    assert_eq!(
+        spec.containers, original.containers,
+        "app containers untouched"
+    );
+    assert_eq!(
+        spec.automount_service_account_token, original.automount_service_account_token,
+        "the app's token choice is left alone"
+    );
+    assert_eq!(
+        server
+            .metrics
+            .reviews(webhook::mutate::Outcome::PatchedRestore),
+        1
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_host_whose_restore_finished_is_not_held_again() {
+    let state = State::new();
+    state.apply_backup(
+        "demo",
+        backup("web-backup", WorkloadKind::StatefulSet, "web"),
+    );
+    let mut r = restore(
+        "web-restore",
+        WorkloadKind::StatefulSet,
+        "web",
+        &[("data", "/d")],
+    );
+    r.hosts_finished.insert("host-0".into());
+    // host-1 is named by a rule, host-0 by none and there is no catch-all.
+    r.rules = vec![RestoreRule {
+        target_hosts: Some(vec!["host-1".into()]),
+        ..Default::default()
+    }];
+    state.apply_restore("demo", r);
+    let server = TestServer::start(state).await;
+
+    let web0 = send(&server, &fixture("pod-create-statefulset-web-0.json")).await;
+    assert!(web0.pod.spec.as_ref().unwrap().init_containers.is_none());
+    assert_eq!(labels(&web0.pod)["hoard.dev/host"], "host-0");
+    assert!(!annotations(&web0.pod).contains_key("hoard.dev/restore-session"));
+
+    let web1 = send(&server, &fixture("pod-create-statefulset-web-1.json")).await;
+    assert_eq!(
+        web1.pod
+            .spec
+            .as_ref()
+            .unwrap()
+            .init_containers
+            .as_ref()
+            .unwrap()[0]
+            .name,
+        "hoard-restore-wait"
+    );
+    assert_eq!(
+        server
+            .metrics
+            .reviews(webhook::mutate::Outcome::PatchedBackup),
+        1
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn deployment_pod_resolves_through_its_replicaset() {
+    let state = State::new();
+    state.apply_replicaset(
+        "demo",
+        "app-7df4659c59",
+        ReplicaSetOwner::Deployment("app".into()),
+    );
+    state.apply_backup(
+        "demo",
+        backup("app-backup", WorkloadKind::Deployment, "app"),
+    );
+    state.apply_backup(
+        "demo",
+        backup("app-nightly", WorkloadKind::Deployment, "app"),
+    );
+    let server = TestServer::start(state).await;
+    let a = send(&server, &fixture("pod-create-deployment.json")).await;
+    assert_eq!(labels(&a.pod)["hoard.dev/host"], "host-0");
+    only_hoard_keys_added(&labels(&a.original), &labels(&a.pod));
+    let ann = annotations(&a.pod);
+    only_hoard_keys_added(&annotations(&a.original), &ann);
+    assert_eq!(ann["hoard.dev/target"], "Deployment/app");
+    assert_eq!(
+        ann["hoard.dev/backup-configuration"],
+        "app-backup,app-nightly"
+    );
+    assert!(a.pod.spec.as_ref().unwrap().init_containers.is_none());
+    // The rollout's pod has a ReplicaSet the cache has not seen yet.
+    let b = send(&server, &fixture("pod-create-deployment-rollout.json")).await;
+    assert_eq!(annotations(&b.pod)["hoard.dev/target"], "Deployment/app");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn daemonset_pod_is_named_after_the_node_in_its_affinity() {
+    let state = State::new();
+    state.apply_restore(
+        "demo",
+        restore(
+            "agent-restore",
+            WorkloadKind::DaemonSet,
+            "agent",
+            &[("host-var-log", "/restore/log")],
+        ),
+    );
+    let server = TestServer::start(state).await;
+    let a = send(&server, &fixture("pod-create-daemonset.json")).await;
+    assert_eq!(labels(&a.pod)["hoard.dev/host"], "node-a");
+    let ann = annotations(&a.pod);
+    assert_eq!(ann["hoard.dev/host"], "node-a");
+    assert_eq!(ann["hoard.dev/target"], "DaemonSet/agent");
+    assert_eq!(ann["hoard.dev/restore-session"], "agent-restore");
+    assert!(!ann.contains_key("hoard.dev/backup-configuration"));
+    assert_eq!(
+        a.pod
+            .spec
+            .as_ref()
+            .unwrap()
+            .init_containers
+            .as_deref()
+            .unwrap(),
+        [expected_init_container(json!([
+            {"name": "hoard-restore-status", "mountPath": "/hoard/status"},
+            {"name": "host-var-log", "mountPath": "/restore/log", "readOnly": true}
+        ]))]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn restore_wait_goes_before_the_apps_own_init_containers() {
+    let state = State::new();
+    state.apply_restore(
+        "demo",
+        restore("r", WorkloadKind::StatefulSet, "web", &[("data", "/d")]),
+    );
+    let server = TestServer::start(state).await;
+    let mut review = fixture("pod-create-statefulset-web-0.json");
+    review["request"]["object"]["spec"]["initContainers"] =
+        json!([{"name": "migrate", "image": "busybox:1.36"}]);
+    let a = send(&server, &review).await;
+    let names: Vec<_> = a
+        .pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["hoard-restore-wait", "migrate"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn session_runtime_settings_reach_the_init_container() {
+    let state = State::new();
+    let mut r = restore("r", WorkloadKind::StatefulSet, "web", &[("data", "/d")]);
+    r.resources = Some(
+        serde_json::from_value(
+            json!({"limits": {"memory": "256M"}, "requests": {"memory": "256M"}}),
+        )
+        .unwrap(),
+    );
+    r.run_as_user = Some(2000);
+    r.run_as_group = Some(2000);
+    r.deadline_seconds = Some(120);
+    state.apply_restore("demo", r);
+    let server = TestServer::start(state).await;
+    let a = send(&server, &fixture("pod-create-statefulset-web-0.json")).await;
+    let c = &a
+        .pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .as_ref()
+        .unwrap()[0];
+    let res = c.resources.as_ref().unwrap();
+    assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "256M");
+    assert!(!res.limits.as_ref().unwrap().contains_key("cpu"));
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!((sc.run_as_user, sc.run_as_group), (Some(2000), Some(2000)));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(c.args.as_ref().unwrap().last().unwrap(), "120");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn auto_backup_annotation_patches_a_pod_without_labels_and_dry_run_gets_the_same_answer() {
+    let server = TestServer::start(State::new()).await;
+    let mut review = fixture("pod-create-dryrun.json");
+    assert_eq!(review["request"]["dryRun"], true);
+    review["request"]["object"]["metadata"]["annotations"]["hoard.dev/backup"] = json!("true");
+    review["request"]["object"]["metadata"]["annotations"]["hoard.dev/volumes"] = json!("cache");
+    let dry = send(&server, &review).await;
+    assert_eq!(
+        labels(&dry.pod),
+        BTreeMap::from([("hoard.dev/host".to_owned(), "host-0".to_owned())]),
+        "the fixture has no labels: the map is added whole"
+    );
+    assert_eq!(annotations(&dry.pod)["hoard.dev/target"], "Pod/dryrun");
+
+    let mut real = review.clone();
+    real["request"]["dryRun"] = json!(false);
+    let wet = send(&server, &real).await;
+    assert_eq!(
+        dry.response, wet.response,
+        "dry run and real request get the same answer"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_hoard_annotations_warn_but_never_deny() {
+    let server = TestServer::start(State::new()).await;
+    let mut review = fixture("pod-create-bare.json");
+    let ann = &mut review["request"]["object"]["metadata"]["annotations"];
+    ann["hoard.dev/backup"] = json!("true");
+    ann["hoard.dev/volumes"] = json!("scratch,nope");
+    ann["hoard.dev/paths"] = json!("relative/dir");
+    ann["hoard.dev/schedule"] = json!("every day");
+    let a = send(&server, &review).await;
+    assert_eq!(a.response["allowed"], true);
+    let warnings: Vec<String> = serde_json::from_value(a.response["warnings"].clone()).unwrap();
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(warnings[0].contains("relative/dir"), "{warnings:?}");
+    assert!(warnings[1].contains("hoard.dev/schedule"), "{warnings:?}");
+    assert!(warnings[2].contains("nope"), "{warnings:?}");
+    assert_eq!(labels(&a.pod)["hoard.dev/host"], "host-0");
+
+    let mut review = fixture("pod-create-bare.json");
+    review["request"]["object"]["metadata"]["annotations"]["hoard.dev/backup"] = json!("yes");
+    let a = send(&server, &review).await;
+    assert_eq!(a.response["allowed"], true);
+    assert!(a.patch.is_none());
+    assert!(
+        a.response["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("use \"true\" or \"false\"")
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http2_clients_are_answered_like_http1_clients() {
+    let state = State::new();
+    state.apply_backup(
+        "demo",
+        backup("web-backup", WorkloadKind::StatefulSet, "web"),
+    );
+    let server = TestServer::start(state).await;
+    let review = fixture("pod-create-statefulset-web-0.json");
+    let http1 = server.client().await.review(&review).await;
+    let mut h2 = server.h2_sender().await;
+    // Several reviews multiplexed on one connection.
+    let mut pending = Vec::new();
+    for _ in 0..4 {
+        let req = http::Request::post("https://localhost/mutate/pods?timeout=10s")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                serde_json::to_vec(&review).unwrap(),
+            )))
+            .unwrap();
+        pending.push(h2.send_request(req));
+    }
+    for resp in futures::future::join_all(pending).await {
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        use http_body_util::BodyExt;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer, http1);
+    }
+    server.stop().await;
+}
