@@ -811,4 +811,27 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn azure_and_gcs_clients_build_from_credentials() {
+        let cfg = |s: &str| match s.parse().unwrap() {
+            super::super::location::Location::Object(c) => c,
+            _ => unreachable!(),
+        };
+        let azure = cfg("azure:backups:/cluster-1");
+        let e = ObjectBackend::new(&azure, &Credentials::default()).unwrap_err();
+        assert!(e.to_string().contains("AZURE_ACCOUNT_NAME"), "{e}");
+        let mut creds = Credentials::default();
+        creds.insert("AZURE_ACCOUNT_NAME", "acct");
+        creds.insert("AZURE_ACCOUNT_KEY", "c2VjcmV0LWtleS1ieXRlcw==");
+        let be = ObjectBackend::new(&azure, &creds).unwrap();
+        assert_eq!(be.location(), "azure:backups:/cluster-1");
+        assert!(!format!("{be:?}").contains("c2VjcmV0"));
+        let gcs = cfg("gs:bucket:/p");
+        let be = ObjectBackend::new(&gcs, &Credentials::default()).unwrap();
+        assert_eq!(be.location(), "gs:bucket:/p");
+        let mut with_ep = gcs.clone();
+        with_ep.endpoint = Some("http://127.0.0.1:1".into());
+        assert!(ObjectBackend::new(&with_ep, &Credentials::default()).is_err());
+    }
 }
