@@ -714,4 +714,43 @@ mod tests {
         assert_eq!(kept_times(&plan), ["2024-01-03T09:00:00+00:00"]);
         assert_eq!(plan[0].keep[0].reasons, ["daily within 1d"]);
     }
+
+    #[test]
+    fn forget_removes_planned_snapshots_under_an_exclusive_lock() {
+        let be: std::sync::Arc<dyn crate::Backend> =
+            std::sync::Arc::new(crate::MemoryBackend::new());
+        let repo = Repository::init(
+            be,
+            "pw",
+            crate::InitOptions {
+                kdf: crate::KdfParams::insecure_fast(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for (_, s) in times(&[
+            "2024-01-01T00:00:00Z",
+            "2024-01-02T00:00:00Z",
+            "2024-01-03T00:00:00Z",
+        ]) {
+            repo.save_snapshot(&s).unwrap();
+        }
+        let snaps = repo.snapshots().unwrap();
+        let p = RetentionPolicy {
+            keep_last: 1,
+            ..Default::default()
+        };
+        let plans = plan_forget(&snaps, &p, GroupBy::default());
+        // A backup in progress (shared lock) blocks forget.
+        let backup_lock = repo.lock(false).unwrap();
+        assert!(matches!(forget(&repo, &plans), Err(Error::Locked { .. })));
+        assert_eq!(repo.snapshots().unwrap().len(), 3);
+        drop(backup_lock);
+        let stats = forget(&repo, &plans).unwrap();
+        assert_eq!(stats.removed, 2);
+        let left = repo.snapshots().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].1.time, snaps[2].1.time, "the newest stays");
+        assert!(repo.backend().list(FileType::Lock).unwrap().is_empty());
+    }
 }

@@ -416,39 +416,69 @@ fn writer(ctx: &Ctx<'_>, rx: &Mutex<Receiver<FileJob>>) {
     }
 }
 
+/// Raw bytes read from a pack in one request: consecutive blobs of a file
+/// that sit back to back in one pack are fetched together, up to this many
+/// bytes (one blob is always fetched whole). Bounds a writer's memory to
+/// about this plus one decoded blob.
+const MAX_READ: u64 = 8 * 1024 * 1024;
+
 fn write_file(ctx: &Ctx<'_>, job: &FileJob) -> Result<(), String> {
     let p = &ctx.opts.progress;
     let mut f = &job.file;
     let mut pos = 0u64;
     let mut hole_at_end = false;
-    for id in job.node.content.iter().flatten() {
+    let ids: &[Id] = job.node.content.as_deref().unwrap_or(&[]);
+    let mut i = 0;
+    while i < ids.len() {
         if ctx.opts.cancel.is_cancelled() {
             return Err("cancelled".into());
         }
-        let loc = ctx
-            .repo
-            .lookup(BlobType::Data, id)
-            .ok_or_else(|| format!("data blob {id} is missing from the repository index"))?;
+        let locate = |id: &Id| {
+            ctx.repo
+                .lookup(BlobType::Data, id)
+                .ok_or_else(|| format!("data blob {id} is missing from the repository index"))
+        };
+        // Group blobs i..j that are contiguous in one pack.
+        let first = locate(&ids[i])?;
+        let mut group = vec![(ids[i], first)];
+        let mut end = first.offset + first.length;
+        let mut j = i + 1;
+        while j < ids.len() {
+            let next = locate(&ids[j])?;
+            if next.pack != first.pack
+                || next.offset != end
+                || end + next.length - first.offset > MAX_READ
+            {
+                break;
+            }
+            end += next.length;
+            group.push((ids[j], next));
+            j += 1;
+        }
         let raw = ctx
             .repo
-            .read_pack_range(&loc.pack, loc.offset, loc.length)
+            .read_pack_range(&first.pack, first.offset, end - first.offset)
             .map_err(|e| e.to_string())?;
         p.add_bytes_read(raw.len() as u64);
-        let data = ctx
-            .repo
-            .decode_blob(id, &loc, &raw)
-            .map_err(|e| e.to_string())?;
-        if ctx.opts.sparse && data.iter().all(|b| *b == 0) {
-            f.seek(SeekFrom::Current(data.len() as i64))
-                .map_err(|e| format!("seek: {e}"))?;
-            hole_at_end = true;
-        } else {
-            f.write_all(&data).map_err(|e| format!("writing: {e}"))?;
-            hole_at_end = false;
+        for (id, loc) in &group {
+            let at = (loc.offset - first.offset) as usize;
+            let data = ctx
+                .repo
+                .decode_blob(id, loc, &raw[at..at + loc.length as usize])
+                .map_err(|e| e.to_string())?;
+            if ctx.opts.sparse && data.iter().all(|b| *b == 0) {
+                f.seek(SeekFrom::Current(data.len() as i64))
+                    .map_err(|e| format!("seek: {e}"))?;
+                hole_at_end = true;
+            } else {
+                f.write_all(&data).map_err(|e| format!("writing: {e}"))?;
+                hole_at_end = false;
+            }
+            pos += data.len() as u64;
+            p.add_bytes_done(data.len() as u64);
+            p.add_bytes_added(data.len() as u64);
         }
-        pos += data.len() as u64;
-        p.add_bytes_done(data.len() as u64);
-        p.add_bytes_added(data.len() as u64);
+        i = j;
     }
     if hole_at_end {
         job.file

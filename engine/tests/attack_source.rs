@@ -142,3 +142,21 @@ fn parent_directory_swapped_while_files_are_queued_stays_inside() {
     assert!(repo.has_blob(BlobType::Data, &Id::hash(b"innocent")));
     assert!(!s.is_incomplete(), "{:?}", s.errors);
 }
+
+#[test]
+fn other_filesystems_mounted_inside_the_volume_are_not_read() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("own.txt"), b"mine").unwrap();
+    let m = TmpMount::new(&src.join("mnt"), "1m");
+    std::fs::write(m.0.join("secret.txt"), SECRET).unwrap();
+    let repo = init_local(&t.path().join("repo"));
+    let s = do_backup(&repo, &src, opts("h", "/data"));
+    assert!(
+        !secret_stored(&repo),
+        "backup crossed into another filesystem"
+    );
+    assert!(!s.is_incomplete(), "{:?}", s.errors);
+    assert_eq!(s.stats.bytes_read, 4);
+}

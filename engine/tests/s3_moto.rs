@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use engine::backend::location::{Credentials, open_repo_string};
+use engine::backend::location::{Credentials, Location, open_repo_string};
+use engine::backend::object::ObjectBackend;
 use engine::backup::{BackupOptions, ParentSelection, backup};
 use engine::forget::{GroupBy, RetentionPolicy, forget, plan_forget};
 use engine::restore::{RestoreOptions, restore};
-use engine::{Error, FileType, InitOptions, KdfParams, Repository, SnapshotFilter};
+use engine::{Backend, Error, FileType, InitOptions, KdfParams, Repository, SnapshotFilter};
 
 const PASSWORD: &str = "s3-test-password";
 
@@ -151,7 +152,16 @@ fn backend_round_trips_on_s3() {
         Err(Error::NotFound { .. })
     ));
 
-    // A missing bucket and bad credentials are errors that say so.
+    // moto returns the MD5 as ETag, so uploads are verified by it.
+    let Location::Object(cfg) = repo.parse::<Location>().unwrap() else {
+        panic!()
+    };
+    let obj = ObjectBackend::new(&cfg, &creds()).unwrap();
+    obj.write(FileType::Index, &"ef".repeat(32), b"index bytes")
+        .unwrap();
+    assert!(obj.verifies_by_etag());
+
+    // A missing bucket is an error that says so.
     let missing = open_repo_string(
         &format!("s3:http://127.0.0.1:{}/no-such-bucket", moto.port),
         &creds(),

@@ -260,6 +260,12 @@ impl ObjectBackend {
         }
     }
 
+    /// Whether uploads are still verified by ETag = MD5 (false once the
+    /// store proved its ETags are something else; then by size).
+    pub fn verifies_by_etag(&self) -> bool {
+        self.etag_is_md5.load(Ordering::Relaxed)
+    }
+
     /// Checks a finished upload (see the module docs).
     fn verify_upload(
         &self,
@@ -677,5 +683,155 @@ mod tests {
         // Dropping the backend inside a runtime must not panic either.
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move { drop(be) });
+    }
+
+    /// A store that damages or re-labels uploads, to drive verification.
+    #[derive(Debug)]
+    struct Tamper {
+        inner: InMemory,
+        mode: Mode,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Mode {
+        /// Stores what was sent; ETag = its MD5 (like S3).
+        Honest,
+        /// Stores what was sent; ETag is 32 hex digits but not the MD5
+        /// (like an SSE-KMS bucket).
+        KmsEtag,
+        /// Flips a byte; ETag = MD5 of what it stored.
+        FlipByte,
+        /// Drops the last byte; opaque ETag (like Azure).
+        Truncate,
+    }
+
+    impl std::fmt::Display for Tamper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Tamper({:?})", self.mode)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Tamper {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            let mut data: Vec<u8> = payload.into_iter().flat_map(|b| b.to_vec()).collect();
+            match self.mode {
+                Mode::FlipByte => data[0] ^= 1,
+                Mode::Truncate => {
+                    data.pop();
+                }
+                Mode::Honest | Mode::KmsEtag => {}
+            }
+            let md5 = hex::encode(Md5::digest(&data));
+            let mut r = self.inner.put_opts(location, data.into(), opts).await?;
+            r.e_tag = match self.mode {
+                Mode::Honest | Mode::FlipByte => Some(format!("\"{md5}\"")),
+                Mode::KmsEtag => Some("\"0123456789abcdef0123456789abcdef\"".into()),
+                Mode::Truncate => Some("\"0x8DCF00DB1E55\"".into()),
+            };
+            Ok(r)
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        async fn delete(&self, location: &Path) -> object_store::Result<()> {
+            self.inner.delete(location).await
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+            self.inner.copy(from, to).await
+        }
+        async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+            self.inner.copy_if_not_exists(from, to).await
+        }
+    }
+
+    fn tampered(mode: Mode) -> ObjectBackend {
+        let store = Arc::new(Tamper {
+            inner: InMemory::new(),
+            mode,
+        });
+        ObjectBackend::from_store(store, "", format!("tamper-{mode:?}")).unwrap()
+    }
+
+    #[test]
+    fn uploads_are_verified() {
+        let name = "ab".repeat(32);
+        let data = b"sixteen bytes!!!".to_vec();
+
+        let be = tampered(Mode::Honest);
+        be.write(FileType::Pack, &name, &data).unwrap();
+        assert!(be.verifies_by_etag(), "MD5 ETags are trusted");
+
+        // Non-MD5 ETags: the read-back proves the upload good, and from
+        // then on uploads are checked by size.
+        let be = tampered(Mode::KmsEtag);
+        be.write(FileType::Pack, &name, &data).unwrap();
+        assert!(!be.verifies_by_etag());
+        assert_eq!(be.read_full(FileType::Pack, &name).unwrap(), data);
+
+        for mode in [Mode::FlipByte, Mode::Truncate] {
+            let be = tampered(mode);
+            let e = be.write(FileType::Pack, &name, &data).unwrap_err();
+            assert!(
+                e.to_string().contains("upload verification failed"),
+                "{mode:?}: {e}"
+            );
+            assert!(
+                !be.exists(FileType::Pack, &name).unwrap(),
+                "{mode:?}: the damaged object is removed"
+            );
+        }
+    }
+
+    #[test]
+    fn azure_and_gcs_clients_build_from_credentials() {
+        let cfg = |s: &str| match s.parse().unwrap() {
+            super::super::location::Location::Object(c) => c,
+            _ => unreachable!(),
+        };
+        let azure = cfg("azure:backups:/cluster-1");
+        let e = ObjectBackend::new(&azure, &Credentials::default()).unwrap_err();
+        assert!(e.to_string().contains("AZURE_ACCOUNT_NAME"), "{e}");
+        let mut creds = Credentials::default();
+        creds.insert("AZURE_ACCOUNT_NAME", "acct");
+        creds.insert("AZURE_ACCOUNT_KEY", "c2VjcmV0LWtleS1ieXRlcw==");
+        let be = ObjectBackend::new(&azure, &creds).unwrap();
+        assert_eq!(be.location(), "azure:backups:/cluster-1");
+        assert!(!format!("{be:?}").contains("c2VjcmV0"));
+        let gcs = cfg("gs:bucket:/p");
+        let be = ObjectBackend::new(&gcs, &Credentials::default()).unwrap();
+        assert_eq!(be.location(), "gs:bucket:/p");
+        let mut with_ep = gcs.clone();
+        with_ep.endpoint = Some("http://127.0.0.1:1".into());
+        assert!(ObjectBackend::new(&with_ep, &Credentials::default()).is_err());
     }
 }

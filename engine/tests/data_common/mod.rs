@@ -234,3 +234,32 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<Entry>) {
         }
     }
 }
+
+/// A tmpfs mounted for the duration of a test (needs root, which the engine
+/// tests assume: the agent runs as root). Unmounted on drop.
+pub struct TmpMount(pub std::path::PathBuf);
+
+impl TmpMount {
+    pub fn new(at: &Path, size: &str) -> TmpMount {
+        std::fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mounting a tmpfs at {} failed: this test needs root (CAP_SYS_ADMIN)",
+            at.display()
+        );
+        TmpMount(at.to_path_buf())
+    }
+}
+
+impl Drop for TmpMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+use std::process::Command;
