@@ -77,7 +77,12 @@ pub struct Agent {
     pub metrics: Metrics,
     pub recorder: Recorder,
     pub progress_interval: Duration,
+    /// (session UID, host) pairs running in this process.
     inflight: Mutex<HashSet<(String, String)>>,
+    /// (session UID, host) pairs this process finished. A late watch event
+    /// still showing `Running` for one of them is not mistaken for a
+    /// transfer left behind by a previous agent process.
+    finished: Mutex<HashSet<(String, String)>>,
 }
 
 /// The session's `nice`/`ionice`.
@@ -211,6 +216,7 @@ impl Agent {
             recorder,
             progress_interval,
             inflight: Mutex::new(HashSet::new()),
+            finished: Mutex::new(HashSet::new()),
         })
     }
 
@@ -236,17 +242,24 @@ impl Agent {
     }
 
     fn claim(&self, session_uid: &str, host: &str) -> bool {
-        self.inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((session_uid.to_string(), host.to_string()))
+        let key = (session_uid.to_string(), host.to_string());
+        let finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        !finished.contains(&key)
+            && self
+                .inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key)
     }
 
     fn release(&self, session_uid: &str, host: &str) {
+        let key = (session_uid.to_string(), host.to_string());
+        let mut finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
         self.inflight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&(session_uid.to_string(), host.to_string()));
+            .remove(&key);
+        finished.insert(key);
     }
 
     async fn event<K: Resource<DynamicType = ()>>(
@@ -575,7 +588,7 @@ impl Agent {
             tokio::select! {
                 r = &mut transfer => return r.map_err(HostFailure::from),
                 _ = tick.tick() => {
-                    self.metrics.bytes_per_second.set(i64::try_from(progress.totals().bytes_done).unwrap_or(0) / self.progress_interval.as_secs().max(1) as i64);
+                    self.metrics.bytes_per_second.set(progress.bytes_per_sec() as i64);
                     if let Err(e) = write().await {
                         tracing::debug!(error = %e, "progress write failed");
                     }

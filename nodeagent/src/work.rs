@@ -103,6 +103,15 @@ impl HostProgress {
             })
     }
 
+    /// Current throughput of the volume being transferred (bytes/s).
+    pub fn bytes_per_sec(&self) -> f64 {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.current
+            .as_ref()
+            .map(|p| p.snapshot().bytes_per_sec)
+            .unwrap_or(0.0)
+    }
+
     /// The status form (`status.stats[].progress`).
     pub fn to_api(&self) -> api::Progress {
         let t = self.totals();

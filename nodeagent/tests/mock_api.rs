@@ -37,6 +37,11 @@ fn status_422(msg: &str) -> Value {
 }
 
 struct World {
+    /// e.g. `backupsessions/bs-1`
+    session_path: String,
+    pods: Vec<Value>,
+    /// inject another agent's write before the first PATCH
+    inject_conflict: bool,
     session: Value,
     rv: u64,
     /// (method, path) of every request, in order.
@@ -103,7 +108,7 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
                     StatusCode::OK,
                     json!({
                         "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "5"},
-                        "items": [pod("web-0", "uid-0", "node-a")]
+                        "items": w.pods.clone()
                     }),
                 );
                 false
@@ -135,17 +140,24 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
                 );
                 false
             }
-            (Method::GET, "/apis/hoard.dev/v1beta1/namespaces/demo/backupsessions/bs-1/status") => {
+            (Method::GET, p)
+                if p == format!(
+                    "/apis/hoard.dev/v1beta1/namespaces/demo/{}/status",
+                    w.session_path
+                ) =>
+            {
                 let s = w.session.clone();
                 respond(send, StatusCode::OK, s);
                 false
             }
-            (
-                Method::PATCH,
-                "/apis/hoard.dev/v1beta1/namespaces/demo/backupsessions/bs-1/status",
-            ) => {
+            (Method::PATCH, p)
+                if p == format!(
+                    "/apis/hoard.dev/v1beta1/namespaces/demo/{}/status",
+                    w.session_path
+                ) =>
+            {
                 let patch: json_patch::Patch = serde_json::from_slice(&body).expect("a JSON patch");
-                if !w.conflicts_injected {
+                if w.inject_conflict && !w.conflicts_injected {
                     // another node's agent writes host-2 just before us
                     w.conflicts_injected = true;
                     w.rv += 1;
@@ -174,12 +186,13 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
             }
             (Method::POST, "/apis/events.k8s.io/v1/namespaces/demo/events") => {
                 let ev: Value = serde_json::from_slice(&body).unwrap();
-                assert_eq!(ev["regarding"]["name"], "bs-1");
+                let session_name = w.session_path.rsplit('/').next().unwrap().to_string();
+                assert_eq!(ev["regarding"]["name"], session_name.as_str());
                 assert_eq!(ev["reportingController"], "hoard-agent");
                 let reason = ev["reason"].as_str().unwrap().to_string();
                 w.events.push(reason.clone());
                 respond(send, StatusCode::CREATED, ev);
-                reason != "HostBackupStarted"
+                !reason.ends_with("Started")
             }
             (m, p) => panic!("unexpected request {m} {p}?{query}"),
         };
@@ -230,6 +243,9 @@ async fn backup_session_host_status_merges_with_other_agents() {
         "status": {"phase": "Running", "stats": [{"hostname": "host-1", "phase": "Succeeded"}]}
     });
     let world = Arc::new(std::sync::Mutex::new(World {
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        inject_conflict: true,
         session: session.clone(),
         rv: 10,
         log: vec![],
@@ -327,5 +343,126 @@ async fn missing_crds_give_one_clear_error() {
     assert_eq!(
         e.to_string(),
         "the hoard.dev custom resources are not installed (BackupSession not served by the API server); install them with `kubectl apply -f manifests/install.yaml`"
+    );
+}
+
+/// A pod of a new StatefulSet held by the restore init-container on this
+/// node: the agent restores host-1's backup into it (seed 001's rule for
+/// host-3), writes the done marker, the status entry and the events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_session_restores_a_held_pod_and_releases_it() {
+    use nodeagent::work::{HostProgress, HostVolume, TransferSettings, run_backup_host};
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    let host_root = t.path().join("host");
+    let repo_dir = host_root.join("var/hoard/repo");
+    let repo = Repository::init(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+    // host-1's earlier backup
+    let src = t.path().join("old-web-1");
+    std::fs::create_dir_all(src.join("db")).unwrap();
+    std::fs::write(src.join("db/rows"), "host-1 rows").unwrap();
+    let r = run_backup_host(
+        &repo,
+        "host-1",
+        &[HostVolume {
+            volume: "data".into(),
+            snapshot_path: "/source/data".into(),
+            dir: nodeagent::beneath::SecureDir::open_root(&src).unwrap(),
+        }],
+        &TransferSettings::default(),
+        &HostProgress::default(),
+    );
+    assert!(r.error.is_none());
+    drop(repo);
+
+    // the held pod recovered-3 (host-3) on node-a
+    let vols = kroot.join("pods/uid-r3/volumes/kubernetes.io~empty-dir");
+    std::fs::create_dir_all(vols.join("data")).unwrap();
+    std::fs::create_dir_all(vols.join("hoard-restore-status")).unwrap();
+    let held = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "recovered-3", "namespace": "demo", "uid": "uid-r3",
+            "annotations": {"hoard.dev/restore-session": "rs-1"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "recovered", "uid": "sts", "controller": true}]},
+        "spec": {"nodeName": "node-a",
+            "initContainers": [{"name": "hoard-restore-wait", "image": "x"}],
+            "containers": [{"name": "app", "image": "x", "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
+            "volumes": [{"name": "data", "emptyDir": {}}, {"name": "hoard-restore-status", "emptyDir": {}}]},
+        "status": {"phase": "Pending"}
+    });
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "RestoreSession",
+        "metadata": {"name": "rs-1", "namespace": "demo", "uid": "rs-uid", "resourceVersion": "3"},
+        "spec": {
+            "repository": {"name": "local-repo"},
+            "target": {"ref": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "recovered"},
+                       "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]},
+            "rules": [
+                {"targetHosts": ["host-3", "host-4"], "sourceHost": "host-1", "paths": ["/source/data"]},
+                {"targetHosts": [], "sourceHost": "", "paths": ["/source/data"]}
+            ],
+            "runtimeSettings": {"container": {"nice": {"adjustment": 5}, "ionice": {"class": 2, "classData": 4}}}
+        }
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        session_path: "restoresessions/rs-1".into(),
+        pods: vec![held],
+        inject_conflict: false,
+        session: session.clone(),
+        rv: 3,
+        log: vec![],
+        events: vec![],
+        conflicts_injected: false,
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut kubelet = Kubelet::new(&kroot);
+    kubelet.host_root = Some(host_root.clone());
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        kubelet,
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let rs: api::RestoreSession = serde_json::from_value(session).unwrap();
+    agent.handle_restore_session(rs).await.unwrap();
+    if tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .is_err()
+    {
+        panic!(
+            "restore did not finish; requests: {:?}",
+            world.lock().unwrap().log
+        );
+    }
+
+    assert_eq!(
+        std::fs::read_to_string(vols.join("data/db/rows")).unwrap(),
+        "host-1 rows"
+    );
+    assert!(vols.join("hoard-restore-status/rs-uid/done").is_file());
+    let w = world.lock().unwrap();
+    assert_eq!(w.events, ["HostRestoreStarted", "HostRestoreSucceeded"]);
+    let stats = w.session["status"]["stats"].as_array().unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0]["hostname"], "host-3");
+    assert_eq!(stats[0]["phase"], "Succeeded");
+    // the RestoreSession names no other objects: no other request was made
+    // (the api_server panics on any unexpected one)
+    assert!(
+        w.log
+            .iter()
+            .any(|(m, p)| m == "GET" && p == "/api/v1/namespaces/hoard-system/secrets/repo-secret")
     );
 }
