@@ -326,13 +326,15 @@ impl Agent {
             .get(repo_name)
             .await
             .map_err(|e| HostFailure::Kube(format!("reading Repository {ns}/{repo_name}: {e}")))?;
-        Ok(crate::repo::access(
+        let mut a = crate::repo::access(
             &self.client,
             &self.namespace,
             &repo,
             self.kubelet.host_root.as_deref(),
         )
-        .await?)
+        .await?;
+        a.node = self.node.clone();
+        Ok(a)
     }
 
     /// Handles one observed `BackupSession`.

@@ -45,8 +45,26 @@ pub enum RepoError {
     NoHostRoot { name: String },
     #[error("Repository {name:?}: invalid backend: {reason}")]
     Invalid { name: String, reason: String },
-    #[error("Repository {name:?}: {source}")]
+    #[error(
+        "the password in Secret {namespace}/{secret} does not open Repository {name:?} at {location}; put the repository's password under {PASSWORD_KEY} in that Secret"
+    )]
+    WrongPassword {
+        name: String,
+        secret: String,
+        namespace: String,
+        location: String,
+    },
+    #[error(
+        "Repository {name:?}: no repository at {location} on node {node}; initialize it (`hoard init --repo {location}`) or fix backend.local.hostPath"
+    )]
+    Missing {
+        name: String,
+        location: String,
+        node: String,
+    },
+    #[error("Repository {name:?} at {location} is unreachable or damaged: {source}")]
     Open {
+        location: String,
         name: String,
         #[source]
         source: engine::Error,
@@ -62,6 +80,8 @@ impl RepoError {
             RepoError::Unsupported { .. }
             | RepoError::NoHostRoot { .. }
             | RepoError::Invalid { .. } => "repository_config",
+            RepoError::WrongPassword { .. } => "wrong_password",
+            RepoError::Missing { .. } => "no_repository",
             RepoError::Open { source, .. } => crate::work::repo_reason(source),
         }
     }
@@ -72,6 +92,10 @@ impl RepoError {
 pub struct RepoAccess {
     pub name: String,
     pub location: PathBuf,
+    /// `namespace/name` of the Secret the password came from (for messages).
+    pub secret: (String, String),
+    /// This node (for messages).
+    pub node: String,
     password: String,
 }
 
@@ -89,6 +113,8 @@ impl RepoAccess {
         RepoAccess {
             name,
             location,
+            secret: Default::default(),
+            node: String::new(),
             password,
         }
     }
@@ -100,9 +126,26 @@ impl RepoAccess {
             &self.password,
         )
         .map(Arc::new)
-        .map_err(|source| RepoError::Open {
-            name: self.name.clone(),
-            source,
+        .map_err(|source| {
+            let location = self.location.display().to_string();
+            match source {
+                engine::Error::WrongPassword { .. } => RepoError::WrongPassword {
+                    name: self.name.clone(),
+                    namespace: self.secret.0.clone(),
+                    secret: self.secret.1.clone(),
+                    location,
+                },
+                engine::Error::NoRepository { .. } => RepoError::Missing {
+                    name: self.name.clone(),
+                    location,
+                    node: self.node.clone(),
+                },
+                source => RepoError::Open {
+                    name: self.name.clone(),
+                    location,
+                    source,
+                },
+            }
         })
     }
 }
@@ -199,5 +242,93 @@ pub async fn access(
             secret: secret.clone(),
             namespace: agent_namespace.into(),
         })?;
-    Ok(RepoAccess::new(name, location, password))
+    let mut a = RepoAccess::new(name, location, password);
+    a.secret = (agent_namespace.to_string(), secret);
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn init(dir: &std::path::Path) {
+        engine::Repository::init(
+            Arc::new(engine::LocalBackend::new(dir)),
+            "right",
+            engine::InitOptions {
+                kdf: engine::KdfParams::insecure_fast(),
+                chunker_polynomial: None,
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn wrong_password_and_missing_repository_say_which_and_what_to_do() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("repo");
+        init(&dir);
+        let mut a = RepoAccess::new("local-repo".into(), dir.clone(), "wrong".into());
+        a.secret = ("hoard-system".into(), "repo-secret".into());
+        a.node = "node-a".into();
+        let e = a.open().unwrap_err();
+        assert_eq!(e.reason(), "wrong_password");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the password in Secret hoard-system/repo-secret does not open Repository \"local-repo\" at {}; put the repository's password under RESTIC_PASSWORD in that Secret",
+                dir.display()
+            )
+        );
+        a.location = t.path().join("nothing-here");
+        let e = a.open().unwrap_err();
+        assert_eq!(e.reason(), "no_repository");
+        assert!(e.to_string().contains("no repository at"), "{e}");
+        assert!(e.to_string().contains("on node node-a"), "{e}");
+        a.location = dir;
+        a.password = "right".into();
+        assert!(a.open().is_ok());
+    }
+
+    #[test]
+    fn local_host_path_maps_under_the_host_root_only() {
+        let repo = |path: &str, sub: Option<&str>| api::Repository {
+            metadata: kube::api::ObjectMeta {
+                name: Some("r".into()),
+                ..Default::default()
+            },
+            spec: api::RepositorySpec {
+                backend: api::Backend {
+                    local: Some(api::LocalBackend {
+                        host_path: Some(k8s_openapi::api::core::v1::HostPathVolumeSource {
+                            path: path.into(),
+                            type_: None,
+                        }),
+                        sub_path: sub.map(str::to_string),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                wipe_out: None,
+            },
+            status: None,
+        };
+        let root = std::path::Path::new("/host");
+        assert_eq!(
+            local_location(&repo("/data/repo", None), Some(root)).unwrap(),
+            PathBuf::from("/host/data/repo")
+        );
+        assert_eq!(
+            local_location(&repo("/data", Some("demo")), Some(root)).unwrap(),
+            PathBuf::from("/host/data/demo")
+        );
+        assert!(matches!(
+            local_location(&repo("/data/../etc", None), Some(root)),
+            Err(RepoError::Invalid { .. })
+        ));
+        assert!(matches!(
+            local_location(&repo("/data", None), None),
+            Err(RepoError::NoHostRoot { .. })
+        ));
+    }
 }
