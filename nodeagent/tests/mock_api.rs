@@ -37,6 +37,9 @@ fn status_422(msg: &str) -> Value {
 }
 
 struct World {
+    config: Value,
+    /// `Some(node)`: pod lists must be scoped to that node.
+    node_scoped: Option<String>,
     /// e.g. `backupsessions/bs-1`
     session_path: String,
     pods: Vec<Value>,
@@ -80,7 +83,10 @@ fn pod(name: &str, uid: &str, node: &str) -> Value {
 /// success/failure event was posted.
 async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
     loop {
-        let (req, send) = handle.next_request().await.expect("agent hung up");
+        // The agent dropped its client: whatever it did is in the log.
+        let Some((req, send)) = handle.next_request().await else {
+            return;
+        };
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
@@ -95,14 +101,34 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
                 Method::GET,
                 "/apis/hoard.dev/v1beta1/namespaces/demo/backupconfigurations/ss-backup",
             ) => {
-                respond(send, StatusCode::OK, config());
+                let cfg = w.config.clone();
+                respond(send, StatusCode::OK, cfg);
+                false
+            }
+            (Method::GET, "/api/v1/namespaces/demo/persistentvolumeclaims/shared") => {
+                respond(
+                    send,
+                    StatusCode::OK,
+                    json!({
+                        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                        "metadata": {"name": "shared", "namespace": "demo"},
+                        "spec": {"volumeName": "pv-shared"}
+                    }),
+                );
                 false
             }
             (Method::GET, "/api/v1/namespaces/demo/pods") => {
-                assert!(
-                    query.contains("fieldSelector=spec.nodeName%3Dnode-a"),
-                    "StatefulSet pods are listed for this node only: {query}"
-                );
+                if let Some(node) = &w.node_scoped {
+                    assert!(
+                        query.contains(&format!("fieldSelector=spec.nodeName%3D{node}")),
+                        "StatefulSet pods are listed for this node only: {query}"
+                    );
+                } else {
+                    assert!(
+                        !query.contains("fieldSelector"),
+                        "host-0 is chosen among all the workload's pods: {query}"
+                    );
+                }
                 respond(
                     send,
                     StatusCode::OK,
@@ -243,6 +269,8 @@ async fn backup_session_host_status_merges_with_other_agents() {
         "status": {"phase": "Running", "stats": [{"hostname": "host-1", "phase": "Succeeded"}]}
     });
     let world = Arc::new(std::sync::Mutex::new(World {
+        config: config(),
+        node_scoped: Some("node-a".into()),
         session_path: "backupsessions/bs-1".into(),
         pods: vec![pod("web-0", "uid-0", "node-a")],
         inject_conflict: true,
@@ -413,6 +441,8 @@ async fn restore_session_restores_a_held_pod_and_releases_it() {
         }
     });
     let world = Arc::new(std::sync::Mutex::new(World {
+        config: Value::Null,
+        node_scoped: Some("node-a".into()),
         session_path: "restoresessions/rs-1".into(),
         pods: vec![held],
         inject_conflict: false,
@@ -464,5 +494,128 @@ async fn restore_session_restores_a_held_pod_and_releases_it() {
         w.log
             .iter()
             .any(|(m, p)| m == "GET" && p == "/api/v1/namespaces/hoard-system/secrets/repo-secret")
+    );
+}
+
+/// A Deployment with replicas on two nodes is backed up once, as host-0, by
+/// the agent on the node of the lowest-named Running pod; the other agent
+/// only looks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_is_backed_up_by_exactly_one_agent() {
+    let t = tempfile::tempdir().unwrap();
+    let host_root = t.path().join("host");
+    let repo_dir = host_root.join("var/hoard/repo");
+    Repository::init(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+    let dep_pod = |name: &str, uid: &str, node: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "demo", "uid": uid,
+                "labels": {"pod-template-hash": "5f7c"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "app-5f7c", "uid": "rs", "controller": true}]},
+            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "x",
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}]},
+            "status": {"phase": "Running"}
+        })
+    };
+    // both nodes' kubelets mount the same RWX PV
+    for (node, uid) in [("node-a", "uid-b"), ("node-b", "uid-a")] {
+        let m = t
+            .path()
+            .join(node)
+            .join("pods")
+            .join(uid)
+            .join("volumes/kubernetes.io~nfs/pv-shared");
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("f"), "shared data").unwrap();
+    }
+    // app-5f7c-aaaa (lowest name) runs on node-b
+    let pods = vec![
+        dep_pod("app-5f7c-bbbb", "uid-b", "node-a"),
+        dep_pod("app-5f7c-aaaa", "uid-a", "node-b"),
+    ];
+    let mut cfg = config();
+    cfg["spec"]["target"] =
+        json!({"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"}});
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let mut worlds = vec![];
+    for node in ["node-a", "node-b"] {
+        let world = Arc::new(std::sync::Mutex::new(World {
+            config: cfg.clone(),
+            node_scoped: None,
+            session_path: "backupsessions/bs-1".into(),
+            pods: pods.clone(),
+            inject_conflict: false,
+            session: session.clone(),
+            rv: 1,
+            log: vec![],
+            events: vec![],
+            conflicts_injected: false,
+        }));
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let mut kubelet = Kubelet::new(t.path().join(node));
+        kubelet.host_root = Some(host_root.clone());
+        let agent = Agent::new(
+            kube::Client::new(svc, "default"),
+            node.into(),
+            "hoard-system".into(),
+            kubelet,
+            1,
+            Metrics::new(),
+            Duration::from_secs(3600),
+        );
+        let server = tokio::spawn(api_server(handle, world.clone()));
+        let bs: api::BackupSession = serde_json::from_value(session.clone()).unwrap();
+        agent.handle_backup_session(bs).await.unwrap();
+        if node == "node-a" {
+            // not the owner: nothing was spawned; drop the client to end the server
+            drop(agent);
+        }
+        tokio::time::timeout(Duration::from_secs(120), server)
+            .await
+            .expect("bounded in time")
+            .unwrap();
+        worlds.push(world);
+    }
+    let a = worlds[0].lock().unwrap();
+    assert_eq!(
+        a.log,
+        [
+            (
+                "GET".to_string(),
+                "/apis/hoard.dev/v1beta1/namespaces/demo/backupconfigurations/ss-backup"
+                    .to_string()
+            ),
+            (
+                "GET".to_string(),
+                "/api/v1/namespaces/demo/pods".to_string()
+            ),
+        ],
+        "node-a's agent only looks"
+    );
+    let b = worlds[1].lock().unwrap();
+    assert_eq!(b.events, ["HostBackupStarted", "HostBackupSucceeded"]);
+    let stats = b.session["status"]["stats"].as_array().unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0]["hostname"], "host-0");
+    assert_eq!(stats[0]["phase"], "Succeeded", "{}", stats[0]);
+    let repo = Repository::open(Arc::new(LocalBackend::new(&repo_dir)), PASSWORD).unwrap();
+    let snaps = repo.snapshots().unwrap();
+    assert_eq!(snaps.len(), 1, "exactly one backup");
+    assert_eq!(
+        (snaps[0].1.hostname.as_str(), snaps[0].1.paths.clone()),
+        ("host-0", vec!["/data".to_string()])
     );
 }
