@@ -619,3 +619,66 @@ async fn deployment_is_backed_up_by_exactly_one_agent() {
         ("host-0", vec!["/data".to_string()])
     );
 }
+
+/// The agent restarted while backing up host-0: the entry it finds
+/// `Running` is marked failed with a reason, not left running forever, and
+/// no second backup starts behind the user's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_left_running_by_a_previous_agent_process_is_marked_failed() {
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    std::fs::create_dir_all(kroot.join("pods/uid-0/volumes/kubernetes.io~empty-dir/data")).unwrap();
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "4"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}},
+        "status": {"phase": "Running", "stats": [{"hostname": "host-0", "phase": "Running"}]}
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: config(),
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        inject_conflict: false,
+        session: session.clone(),
+        rv: 4,
+        log: vec![],
+        events: vec![],
+        conflicts_injected: false,
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        Kubelet::new(&kroot),
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("bounded in time")
+        .unwrap();
+    let w = world.lock().unwrap();
+    assert_eq!(w.events, ["HostBackupFailed"]);
+    let h0 = &w.session["status"]["stats"][0];
+    assert_eq!(h0["phase"], "Failed");
+    assert!(
+        h0["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("the node agent restarted while this host was being backed up"),
+        "{h0}"
+    );
+    assert!(
+        !w.log
+            .iter()
+            .any(|(_, p)| p.contains("/secrets/") || p.contains("/repositories/")),
+        "no new transfer was started: {:?}",
+        w.log
+    );
+}
