@@ -1,0 +1,684 @@
+//! The agent against a mocked API server (`tower_test::mock::pair` →
+//! `kube::Client::new`): the server side answers as the API server would —
+//! it keeps the session object, applies JSON patches to it (rejecting a
+//! failed `test` with 422), bumps `resourceVersion` — and asserts every
+//! request the agent makes. Real directories in a kubelet-shaped temp dir,
+//! a real local repository.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{Value, json};
+
+use engine::{InitOptions, KdfParams, LocalBackend, Repository};
+use nodeagent::agent::Agent;
+use nodeagent::metrics::Metrics;
+use nodeagent::volumes::Kubelet;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+const PASSWORD: &str = "mock-test-password";
+
+fn respond(send: tower_test::mock::SendResponse<Response<Body>>, code: StatusCode, body: Value) {
+    send.send_response(
+        Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap(),
+    );
+}
+
+fn status_422(msg: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": msg,
+           "reason": "Invalid", "code": 422})
+}
+
+struct World {
+    config: Value,
+    /// `Some(node)`: pod lists must be scoped to that node.
+    node_scoped: Option<String>,
+    /// e.g. `backupsessions/bs-1`
+    session_path: String,
+    pods: Vec<Value>,
+    /// inject another agent's write before the first PATCH
+    inject_conflict: bool,
+    session: Value,
+    rv: u64,
+    /// (method, path) of every request, in order.
+    log: Vec<(String, String)>,
+    events: Vec<String>,
+    conflicts_injected: bool,
+}
+
+fn config() -> Value {
+    json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupConfiguration",
+        "metadata": {"name": "ss-backup", "namespace": "demo", "uid": "cfg-uid"},
+        "spec": {
+            "repository": {"name": "local-repo"},
+            "target": {
+                "ref": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web"},
+                "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]
+            },
+            "runtimeSettings": {"container": {"nice": {"adjustment": 5}, "ionice": {"class": 2, "classData": 6}}}
+        }
+    })
+}
+
+fn pod(name: &str, uid: &str, node: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "demo", "uid": uid,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "sts", "controller": true}]},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "x"}],
+                 "volumes": [{"name": "data", "emptyDir": {}}]},
+        "status": {"phase": "Running"}
+    })
+}
+
+/// Answers requests until the session shows host-0 finished and the
+/// success/failure event was posted.
+async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
+    loop {
+        // The agent dropped its client: whatever it did is in the log.
+        let Some((req, send)) = handle.next_request().await else {
+            return;
+        };
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        let body = http_body_util::BodyExt::collect(req.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let mut w = world.lock().unwrap();
+        w.log.push((method.to_string(), path.clone()));
+        let done = match (method.clone(), path.as_str()) {
+            (
+                Method::GET,
+                "/apis/hoard.dev/v1beta1/namespaces/demo/backupconfigurations/ss-backup",
+            ) => {
+                let cfg = w.config.clone();
+                respond(send, StatusCode::OK, cfg);
+                false
+            }
+            (Method::GET, "/api/v1/namespaces/demo/persistentvolumeclaims/shared") => {
+                respond(
+                    send,
+                    StatusCode::OK,
+                    json!({
+                        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                        "metadata": {"name": "shared", "namespace": "demo"},
+                        "spec": {"volumeName": "pv-shared"}
+                    }),
+                );
+                false
+            }
+            (Method::GET, "/api/v1/namespaces/demo/pods") => {
+                if let Some(node) = &w.node_scoped {
+                    assert!(
+                        query.contains(&format!("fieldSelector=spec.nodeName%3D{node}")),
+                        "StatefulSet pods are listed for this node only: {query}"
+                    );
+                } else {
+                    assert!(
+                        !query.contains("fieldSelector"),
+                        "host-0 is chosen among all the workload's pods: {query}"
+                    );
+                }
+                respond(
+                    send,
+                    StatusCode::OK,
+                    json!({
+                        "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "5"},
+                        "items": w.pods.clone()
+                    }),
+                );
+                false
+            }
+            (Method::GET, "/apis/hoard.dev/v1beta1/namespaces/demo/repositories/local-repo") => {
+                respond(
+                    send,
+                    StatusCode::OK,
+                    json!({
+                        "apiVersion": "hoard.dev/v1beta1", "kind": "Repository",
+                        "metadata": {"name": "local-repo", "namespace": "demo"},
+                        "spec": {"backend": {"storageSecretName": "repo-secret",
+                            "local": {"hostPath": {"path": "/var/hoard/repo"}, "mountPath": "/repo"}}}
+                    }),
+                );
+                false
+            }
+            (Method::GET, "/api/v1/namespaces/hoard-system/secrets/repo-secret") => {
+                use base64::Engine as _;
+                let pw = base64::engine::general_purpose::STANDARD.encode(PASSWORD);
+                respond(
+                    send,
+                    StatusCode::OK,
+                    json!({
+                        "apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": "repo-secret", "namespace": "hoard-system"},
+                        "data": {"RESTIC_PASSWORD": pw}
+                    }),
+                );
+                false
+            }
+            (Method::GET, p)
+                if p == format!(
+                    "/apis/hoard.dev/v1beta1/namespaces/demo/{}/status",
+                    w.session_path
+                ) =>
+            {
+                let s = w.session.clone();
+                respond(send, StatusCode::OK, s);
+                false
+            }
+            (Method::PATCH, p)
+                if p == format!(
+                    "/apis/hoard.dev/v1beta1/namespaces/demo/{}/status",
+                    w.session_path
+                ) =>
+            {
+                let patch: json_patch::Patch = serde_json::from_slice(&body).expect("a JSON patch");
+                if w.inject_conflict && !w.conflicts_injected {
+                    // another node's agent writes host-2 just before us
+                    w.conflicts_injected = true;
+                    w.rv += 1;
+                    let rv = w.rv.to_string();
+                    w.session["metadata"]["resourceVersion"] = json!(rv);
+                    w.session["status"]["stats"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(json!({"hostname": "host-2", "phase": "Running"}));
+                }
+                let mut next = w.session.clone();
+                match json_patch::patch(&mut next, &patch) {
+                    Ok(()) => {
+                        w.rv += 1;
+                        next["metadata"]["resourceVersion"] = json!(w.rv.to_string());
+                        w.session = next.clone();
+                        respond(send, StatusCode::OK, next);
+                    }
+                    Err(e) => respond(
+                        send,
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        status_422(&e.to_string()),
+                    ),
+                }
+                false
+            }
+            (Method::POST, "/apis/events.k8s.io/v1/namespaces/demo/events") => {
+                let ev: Value = serde_json::from_slice(&body).unwrap();
+                let session_name = w.session_path.rsplit('/').next().unwrap().to_string();
+                assert_eq!(ev["regarding"]["name"], session_name.as_str());
+                assert_eq!(ev["reportingController"], "hoard-agent");
+                let reason = ev["reason"].as_str().unwrap().to_string();
+                w.events.push(reason.clone());
+                respond(send, StatusCode::CREATED, ev);
+                !reason.ends_with("Started")
+            }
+            (m, p) => panic!("unexpected request {m} {p}?{query}"),
+        };
+        if done {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_session_host_status_merges_with_other_agents() {
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    let data = kroot.join("pods/uid-0/volumes/kubernetes.io~empty-dir/data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("a"), "alpha").unwrap();
+    std::fs::write(data.join("sub/b"), "beta".repeat(1000)).unwrap();
+    let host_root = t.path().join("host");
+    let repo_dir = host_root.join("var/hoard/repo");
+    Repository::init(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let mut kubelet = Kubelet::new(&kroot);
+    kubelet.host_root = Some(host_root.clone());
+    let metrics = Metrics::new();
+    let agent = Agent::new(
+        client,
+        "node-a".into(),
+        "hoard-system".into(),
+        kubelet,
+        1,
+        metrics.clone(),
+        Duration::from_secs(3600),
+    );
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "10"},
+        "spec": {"invoker": {"apiGroup": "hoard.dev", "kind": "BackupConfiguration", "name": "ss-backup"}},
+        "status": {"phase": "Running", "stats": [{"hostname": "host-1", "phase": "Succeeded"}]}
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: config(),
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        inject_conflict: true,
+        session: session.clone(),
+        rv: 10,
+        log: vec![],
+        events: vec![],
+        conflicts_injected: false,
+    }));
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("the agent finished the host within the deadline")
+        .unwrap();
+
+    let w = world.lock().unwrap();
+    let stats = w.session["status"]["stats"].as_array().unwrap().clone();
+    let hosts: Vec<&str> = stats
+        .iter()
+        .map(|s| s["hostname"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        hosts,
+        ["host-1", "host-2", "host-0"],
+        "no agent's entry is lost"
+    );
+    let h0 = &stats[2];
+    assert_eq!(h0["phase"], "Succeeded", "{h0}");
+    assert_eq!(h0["target"]["kind"], "StatefulSet");
+    assert_eq!(h0["snapshots"][0]["path"], "/source/data");
+    assert_eq!(h0["snapshots"][0]["fileStats"]["new"], 2);
+    assert!(h0.get("error").is_none());
+    assert_eq!(w.events, ["HostBackupStarted", "HostBackupSucceeded"]);
+    // the 422 from the stale `test` made the agent re-read and retry
+    let patches = w.log.iter().filter(|(m, _)| m == "PATCH").count();
+    assert_eq!(
+        patches, 3,
+        "Running (rejected once, retried), then Succeeded"
+    );
+    // Secrets are read only from hoard-system
+    assert!(
+        w.log
+            .iter()
+            .filter(|(_, p)| p.contains("/secrets/"))
+            .all(|(_, p)| p.starts_with("/api/v1/namespaces/hoard-system/"))
+    );
+    drop(w);
+
+    // the repository holds host-0's snapshot at its mount path
+    let repo = Repository::open(Arc::new(LocalBackend::new(&repo_dir)), PASSWORD).unwrap();
+    let snaps = repo.snapshots().unwrap();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0].1.hostname, "host-0");
+    assert_eq!(snaps[0].1.paths, ["/source/data"]);
+    assert!(
+        snaps[0]
+            .1
+            .tags
+            .contains(&"target=StatefulSet/web".to_string())
+    );
+
+    // metrics were recorded for the host
+    let text = metrics.encode();
+    assert!(text.contains(
+        "hoard_agent_files_total{host=\"host-0\",namespace=\"demo\",state=\"new\",target=\"StatefulSet/web\"} 2"
+    ), "{text}");
+    assert!(text.contains("hoard_agent_transfer_duration_seconds_count{host=\"host-0\",namespace=\"demo\",op=\"backup\",target=\"StatefulSet/web\"} 1"));
+}
+
+#[tokio::test]
+async fn missing_crds_give_one_clear_error() {
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let agent = Agent::new(
+        client,
+        "node-a".into(),
+        "hoard-system".into(),
+        Kubelet::new("/nonexistent"),
+        1,
+        Metrics::new(),
+        Duration::from_secs(5),
+    );
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.uri().path(), "/apis/hoard.dev/v1beta1/backupsessions");
+        respond(
+            send,
+            StatusCode::NOT_FOUND,
+            json!({"kind": "Status", "apiVersion": "v1",
+            "status": "Failure", "message": "the server could not find the requested resource",
+            "reason": "NotFound", "code": 404}),
+        );
+    });
+    let e = agent.check_crds().await.unwrap_err();
+    server.await.unwrap();
+    assert_eq!(
+        e.to_string(),
+        "the hoard.dev custom resources are not installed (BackupSession not served by the API server); install them with `kubectl apply -f manifests/install.yaml`"
+    );
+}
+
+/// A pod of a new StatefulSet held by the restore init-container on this
+/// node: the agent restores host-1's backup into it (seed 001's rule for
+/// host-3), writes the done marker, the status entry and the events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_session_restores_a_held_pod_and_releases_it() {
+    use nodeagent::work::{HostProgress, HostVolume, TransferSettings, run_backup_host};
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    let host_root = t.path().join("host");
+    let repo_dir = host_root.join("var/hoard/repo");
+    let repo = Repository::init(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+    // host-1's earlier backup
+    let src = t.path().join("old-web-1");
+    std::fs::create_dir_all(src.join("db")).unwrap();
+    std::fs::write(src.join("db/rows"), "host-1 rows").unwrap();
+    let r = run_backup_host(
+        &repo,
+        "host-1",
+        &[HostVolume {
+            volume: "data".into(),
+            snapshot_path: "/source/data".into(),
+            dir: nodeagent::beneath::SecureDir::open_root(&src).unwrap(),
+        }],
+        &TransferSettings::default(),
+        &HostProgress::default(),
+    );
+    assert!(r.error.is_none());
+    drop(repo);
+
+    // the held pod recovered-3 (host-3) on node-a
+    let vols = kroot.join("pods/uid-r3/volumes/kubernetes.io~empty-dir");
+    std::fs::create_dir_all(vols.join("data")).unwrap();
+    std::fs::create_dir_all(vols.join("hoard-restore-status")).unwrap();
+    let held = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "recovered-3", "namespace": "demo", "uid": "uid-r3",
+            "annotations": {"hoard.dev/restore-session": "rs-1"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "recovered", "uid": "sts", "controller": true}]},
+        "spec": {"nodeName": "node-a",
+            "initContainers": [{"name": "hoard-restore-wait", "image": "x"}],
+            "containers": [{"name": "app", "image": "x", "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]}],
+            "volumes": [{"name": "data", "emptyDir": {}}, {"name": "hoard-restore-status", "emptyDir": {}}]},
+        "status": {"phase": "Pending"}
+    });
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "RestoreSession",
+        "metadata": {"name": "rs-1", "namespace": "demo", "uid": "rs-uid", "resourceVersion": "3"},
+        "spec": {
+            "repository": {"name": "local-repo"},
+            "target": {"ref": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "recovered"},
+                       "volumeMounts": [{"name": "data", "mountPath": "/source/data"}]},
+            "rules": [
+                {"targetHosts": ["host-3", "host-4"], "sourceHost": "host-1", "paths": ["/source/data"]},
+                {"targetHosts": [], "sourceHost": "", "paths": ["/source/data"]}
+            ],
+            "runtimeSettings": {"container": {"nice": {"adjustment": 5}, "ionice": {"class": 2, "classData": 4}}}
+        }
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: Value::Null,
+        node_scoped: Some("node-a".into()),
+        session_path: "restoresessions/rs-1".into(),
+        pods: vec![held],
+        inject_conflict: false,
+        session: session.clone(),
+        rv: 3,
+        log: vec![],
+        events: vec![],
+        conflicts_injected: false,
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut kubelet = Kubelet::new(&kroot);
+    kubelet.host_root = Some(host_root.clone());
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        kubelet,
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let rs: api::RestoreSession = serde_json::from_value(session).unwrap();
+    agent.handle_restore_session(rs).await.unwrap();
+    if tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .is_err()
+    {
+        panic!(
+            "restore did not finish; requests: {:?}",
+            world.lock().unwrap().log
+        );
+    }
+
+    assert_eq!(
+        std::fs::read_to_string(vols.join("data/db/rows")).unwrap(),
+        "host-1 rows"
+    );
+    assert!(vols.join("hoard-restore-status/rs-uid/done").is_file());
+    let w = world.lock().unwrap();
+    assert_eq!(w.events, ["HostRestoreStarted", "HostRestoreSucceeded"]);
+    let stats = w.session["status"]["stats"].as_array().unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0]["hostname"], "host-3");
+    assert_eq!(stats[0]["phase"], "Succeeded");
+    // the RestoreSession names no other objects: no other request was made
+    // (the api_server panics on any unexpected one)
+    assert!(
+        w.log
+            .iter()
+            .any(|(m, p)| m == "GET" && p == "/api/v1/namespaces/hoard-system/secrets/repo-secret")
+    );
+}
+
+/// A Deployment with replicas on two nodes is backed up once, as host-0, by
+/// the agent on the node of the lowest-named Running pod; the other agent
+/// only looks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_is_backed_up_by_exactly_one_agent() {
+    let t = tempfile::tempdir().unwrap();
+    let host_root = t.path().join("host");
+    let repo_dir = host_root.join("var/hoard/repo");
+    Repository::init(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+    let dep_pod = |name: &str, uid: &str, node: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "demo", "uid": uid,
+                "labels": {"pod-template-hash": "5f7c"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "app-5f7c", "uid": "rs", "controller": true}]},
+            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "x",
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}]},
+            "status": {"phase": "Running"}
+        })
+    };
+    // both nodes' kubelets mount the same RWX PV
+    for (node, uid) in [("node-a", "uid-b"), ("node-b", "uid-a")] {
+        let m = t
+            .path()
+            .join(node)
+            .join("pods")
+            .join(uid)
+            .join("volumes/kubernetes.io~nfs/pv-shared");
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("f"), "shared data").unwrap();
+    }
+    // app-5f7c-aaaa (lowest name) runs on node-b
+    let pods = vec![
+        dep_pod("app-5f7c-bbbb", "uid-b", "node-a"),
+        dep_pod("app-5f7c-aaaa", "uid-a", "node-b"),
+    ];
+    let mut cfg = config();
+    cfg["spec"]["target"] =
+        json!({"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"}});
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let mut worlds = vec![];
+    for node in ["node-a", "node-b"] {
+        let world = Arc::new(std::sync::Mutex::new(World {
+            config: cfg.clone(),
+            node_scoped: None,
+            session_path: "backupsessions/bs-1".into(),
+            pods: pods.clone(),
+            inject_conflict: false,
+            session: session.clone(),
+            rv: 1,
+            log: vec![],
+            events: vec![],
+            conflicts_injected: false,
+        }));
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let mut kubelet = Kubelet::new(t.path().join(node));
+        kubelet.host_root = Some(host_root.clone());
+        let agent = Agent::new(
+            kube::Client::new(svc, "default"),
+            node.into(),
+            "hoard-system".into(),
+            kubelet,
+            1,
+            Metrics::new(),
+            Duration::from_secs(3600),
+        );
+        let server = tokio::spawn(api_server(handle, world.clone()));
+        let bs: api::BackupSession = serde_json::from_value(session.clone()).unwrap();
+        agent.handle_backup_session(bs).await.unwrap();
+        if node == "node-a" {
+            // not the owner: nothing was spawned; drop the client to end the server
+            drop(agent);
+        }
+        tokio::time::timeout(Duration::from_secs(120), server)
+            .await
+            .expect("bounded in time")
+            .unwrap();
+        worlds.push(world);
+    }
+    let a = worlds[0].lock().unwrap();
+    assert_eq!(
+        a.log,
+        [
+            (
+                "GET".to_string(),
+                "/apis/hoard.dev/v1beta1/namespaces/demo/backupconfigurations/ss-backup"
+                    .to_string()
+            ),
+            (
+                "GET".to_string(),
+                "/api/v1/namespaces/demo/pods".to_string()
+            ),
+        ],
+        "node-a's agent only looks"
+    );
+    let b = worlds[1].lock().unwrap();
+    assert_eq!(b.events, ["HostBackupStarted", "HostBackupSucceeded"]);
+    let stats = b.session["status"]["stats"].as_array().unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0]["hostname"], "host-0");
+    assert_eq!(stats[0]["phase"], "Succeeded", "{}", stats[0]);
+    let repo = Repository::open(Arc::new(LocalBackend::new(&repo_dir)), PASSWORD).unwrap();
+    let snaps = repo.snapshots().unwrap();
+    assert_eq!(snaps.len(), 1, "exactly one backup");
+    assert_eq!(
+        (snaps[0].1.hostname.as_str(), snaps[0].1.paths.clone()),
+        ("host-0", vec!["/data".to_string()])
+    );
+}
+
+/// The agent restarted while backing up host-0: the entry it finds
+/// `Running` is marked failed with a reason, not left running forever, and
+/// no second backup starts behind the user's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_left_running_by_a_previous_agent_process_is_marked_failed() {
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    std::fs::create_dir_all(kroot.join("pods/uid-0/volumes/kubernetes.io~empty-dir/data")).unwrap();
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "4"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}},
+        "status": {"phase": "Running", "stats": [{"hostname": "host-0", "phase": "Running"}]}
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: config(),
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        inject_conflict: false,
+        session: session.clone(),
+        rv: 4,
+        log: vec![],
+        events: vec![],
+        conflicts_injected: false,
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        Kubelet::new(&kroot),
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("bounded in time")
+        .unwrap();
+    let w = world.lock().unwrap();
+    assert_eq!(w.events, ["HostBackupFailed"]);
+    let h0 = &w.session["status"]["stats"][0];
+    assert_eq!(h0["phase"], "Failed");
+    assert!(
+        h0["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("the node agent restarted while this host was being backed up"),
+        "{h0}"
+    );
+    assert!(
+        !w.log
+            .iter()
+            .any(|(_, p)| p.contains("/secrets/") || p.contains("/repositories/")),
+        "no new transfer was started: {:?}",
+        w.log
+    );
+}
