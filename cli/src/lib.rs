@@ -77,6 +77,8 @@ pub enum Command {
     /// Manage repository keys (passwords).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Run the node agent (the Kubernetes DaemonSet's process).
+    Agent(Box<nodeagent::Args>),
 }
 
 #[derive(Args, Debug, Default, Clone)]
@@ -219,15 +221,22 @@ pub fn main() -> i32 {
             };
         }
     };
+    // The agent is a long-running daemon: it logs at info and handles
+    // SIGTERM itself (draining transfers), so the CLI's signal thread, which
+    // blocks the signals in every thread, must not be installed for it.
+    let agent = matches!(cli.command, Command::Agent(_));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HOARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("HOARD_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if agent { "info" } else { "warn" })
+            }),
         )
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
-    install_signal_thread();
+    if !agent {
+        install_signal_thread();
+    }
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -243,14 +252,20 @@ pub fn main() -> i32 {
 
 /// Runs one parsed command; `Ok` carries the exit code.
 pub fn run(cli: &Cli) -> Result<i32> {
-    let backend = open_repo_string(&cli.repo, &Credentials::from_env())?;
+    let backend = || open_repo_string(&cli.repo, &Credentials::from_env());
     match &cli.command {
-        Command::Init => cmd_init(cli, backend),
-        Command::Backup(a) => cmd_backup(cli, &open(cli, backend)?, a),
-        Command::Restore(a) => cmd_restore(cli, &open(cli, backend)?, a),
-        Command::Snapshots(f) => cmd_snapshots(cli, &open(cli, backend)?, f),
-        Command::Ls(a) => cmd_ls(cli, &open(cli, backend)?, a),
-        Command::Key(k) => cmd_key(cli, &open(cli, backend)?, k),
+        Command::Init => cmd_init(cli, backend()?),
+        Command::Backup(a) => cmd_backup(cli, &open(cli, backend()?)?, a),
+        Command::Restore(a) => cmd_restore(cli, &open(cli, backend()?)?, a),
+        Command::Snapshots(f) => cmd_snapshots(cli, &open(cli, backend()?)?, f),
+        Command::Ls(a) => cmd_ls(cli, &open(cli, backend()?)?, a),
+        Command::Key(k) => cmd_key(cli, &open(cli, backend()?)?, k),
+        // The agent reads its repositories from the cluster, not from --repo;
+        // a fatal error is already logged and in the termination log.
+        Command::Agent(a) => {
+            nodeagent::run((**a).clone())?;
+            Ok(EXIT_OK)
+        }
     }
 }
 
