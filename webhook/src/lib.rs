@@ -1,1 +1,3 @@
 //! webhook
+
+pub mod controllers;

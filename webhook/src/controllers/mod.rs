@@ -1,0 +1,233 @@
+//! Hoard's cluster-level controllers, run in the webhook process.
+//!
+//! Data flow: a `BackupConfiguration` with a `schedule` is reconciled by the
+//! scheduler ([`schedule`]), which creates one `BackupSession` per due tick
+//! and writes the configuration's status (last session, outcome, next tick).
+//! The agents on the target's nodes fill in each host's `status.stats`; the
+//! roll-up ([`rollup`]) turns those into the session's `phase`, `totalHosts`,
+//! `hostsDone` and `sessionDuration`, and fails hosts that never report by
+//! the session's deadline. Session changes wake the scheduler of their
+//! configuration, which records the outcome.
+//!
+//! Decisions are pure functions of the objects and `now` ([`plan`],
+//! [`cron`]); the reconcilers only read, call them and write.
+//!
+//! **One replica.** There is no leader election yet: run the webhook
+//! Deployment with `replicas: 1` (two schedulers would race; the per-tick
+//! session name makes a duplicate create a harmless conflict, but status
+//! writes would still flap). The `LEADER_LEASE` name is reserved for it.
+
+pub mod cron;
+#[cfg(test)]
+mod mock;
+pub mod plan;
+pub mod rollup;
+pub mod schedule;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use api::{BackupConfiguration, BackupSession};
+
+/// `reportingController` of Hoard's events.
+pub const REPORTER: &str = "hoard.dev/controllers";
+
+/// Why a reconcile failed (the controller retries with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(
+        "{kind} {name} has no namespace; Hoard's kinds are namespaced, is the CRD installed from manifests/?"
+    )]
+    NotNamespaced { kind: &'static str, name: String },
+    #[error(
+        "the {kind} CRD is not installed or not readable ({source}); apply manifests/install.yaml and check the webhook's RBAC"
+    )]
+    CrdMissing {
+        kind: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    /// The clock; tests pass a fixed one.
+    pub now: fn() -> Timestamp,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, now: fn() -> Timestamp) -> Self {
+        let reporter = Reporter {
+            controller: REPORTER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            now,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+        format!(
+            "{}/{}/{}",
+            K::kind(&()),
+            obj.meta().namespace.as_deref().unwrap_or_default(),
+            obj.meta().name.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// Forgets the failures of `obj` after a successful reconcile.
+    pub(crate) fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&Self::key(obj));
+    }
+
+    /// Publishes an event on `obj`. A failed event is logged, not retried:
+    /// it must not fail (and so repeat) the reconcile that caused it.
+    pub(crate) async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        notice: &plan::Notice,
+    ) {
+        let ev = Event {
+            type_: if notice.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: notice.reason.into(),
+            note: Some(notice.note.clone()),
+            action: notice.action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            warn!(error = %e, reason = notice.reason, "could not publish event");
+        }
+    }
+}
+
+/// First retry after a failure; doubled per consecutive failure.
+const BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Longest wait between retries (a flapping API server is not hammered).
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Backoff after `failures` consecutive failures (1 → 5 s, 2 → 10 s, … ≤ 5 min).
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX)
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let n = {
+        let mut f = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(Context::key(obj.as_ref())).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let wait = backoff(n);
+    warn!(kind = %K::kind(&()), name = %obj.meta().name.as_deref().unwrap_or_default(), failures = n, retry_in = ?wait, error = %err, "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// Fails with a plain message when one of our CRDs is not installed.
+async fn check_crds(client: &Client) -> Result<(), Error> {
+    let lp = kube::api::ListParams::default().limit(1);
+    Api::<BackupConfiguration>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(|source| Error::CrdMissing {
+            kind: "BackupConfiguration",
+            source,
+        })?;
+    Api::<BackupSession>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(|source| Error::CrdMissing {
+            kind: "BackupSession",
+            source,
+        })?;
+    Ok(())
+}
+
+/// Runs the scheduler and the session roll-up until `shutdown` resolves
+/// (then in-flight reconciles finish). The webhook binary calls this beside
+/// its admission server. Run one replica (see the module docs).
+pub async fn run(
+    client: Client,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    check_crds(&client).await?;
+    let shutdown = shutdown.shared();
+    let ctx = Arc::new(Context::new(client.clone(), Timestamp::now));
+    let wc = watcher::Config::default();
+
+    let scheduler = Controller::new(Api::<BackupConfiguration>::all(client.clone()), wc.clone())
+        // A session's change (created, finished) updates its configuration's
+        // status; user-created sessions have no owner reference, so map by
+        // the invoker rather than `owns`.
+        .watches(
+            Api::<BackupSession>::all(client.clone()),
+            wc.clone(),
+            |s: BackupSession| {
+                s.namespace()
+                    .map(|ns| ObjectRef::new(&s.spec.invoker.name).within(&ns))
+            },
+        )
+        .graceful_shutdown_on(shutdown.clone())
+        .run(schedule::reconcile, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Ok((obj, _)) = r {
+                tracing::debug!(name = %obj.name, ns = ?obj.namespace, "configuration reconciled");
+            }
+        });
+
+    let rollup = Controller::new(Api::<BackupSession>::all(client.clone()), wc)
+        .graceful_shutdown_on(shutdown)
+        .run(rollup::reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Ok((obj, _)) = r {
+                tracing::debug!(name = %obj.name, ns = ?obj.namespace, "session reconciled");
+            }
+        });
+
+    info!("controllers started: backup scheduler, session roll-up");
+    tokio::join!(scheduler, rollup);
+    info!("controllers stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap() {
+        let got: Vec<u64> = [1, 2, 3, 4, 7, 50].map(|n| backoff(n).as_secs()).to_vec();
+        assert_eq!(got, [5, 10, 20, 40, 300, 300]);
+    }
+}
