@@ -12,12 +12,14 @@
 //! Decisions are pure functions of the objects and `now` ([`plan`],
 //! [`cron`]); the reconcilers only read, call them and write.
 //!
-//! **One replica.** There is no leader election yet: run the webhook
-//! Deployment with `replicas: 1` (two schedulers would race; the per-tick
-//! session name makes a duplicate create a harmless conflict, but status
-//! writes would still flap). The `LEADER_LEASE` name is reserved for it.
+//! **Leader election** ([`leader`]): [`run`] takes the `hoard-controllers`
+//! Lease in the pod's namespace first; only its holder runs the controllers,
+//! so several webhook replicas (which all serve admission) never both
+//! schedule or write status. [`run_controllers`] skips the election, for a
+//! single replica.
 
 pub mod cron;
+pub mod leader;
 #[cfg(test)]
 mod mock;
 pub mod plan;
@@ -60,6 +62,18 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error(
+        "cannot take part in leader election with Lease {lease}: {source}; check that the webhook's service account may get, create and patch leases in its namespace"
+    )]
+    Lease {
+        lease: &'static str,
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    #[error(
+        "leader election stopped unexpectedly; the process exits so that Kubernetes restarts it"
+    )]
+    LeaderElectionStopped,
 }
 
 /// What every reconcile shares.
@@ -174,14 +188,54 @@ async fn check_crds(client: &Client) -> Result<(), Error> {
     Ok(())
 }
 
-/// Runs the scheduler and the session roll-up until `shutdown` resolves
-/// (then in-flight reconciles finish). The webhook binary calls this beside
-/// its admission server. Run one replica (see the module docs).
+/// Takes part in leader election and, while this replica leads, runs the
+/// controllers ([`run_controllers`]); returns after `shutdown` resolved and
+/// the lease was released. The webhook binary calls this beside its
+/// admission server. `POD_NAME` / `POD_NAMESPACE` (downward API) name the
+/// lease holder and the Lease's namespace (default `hoard-system`).
 pub async fn run(
     client: Client,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
     check_crds(&client).await?;
+    let lease_err = |source| Error::Lease {
+        lease: api::keys::LEADER_LEASE,
+        source,
+    };
+    let namespace =
+        std::env::var("POD_NAMESPACE").unwrap_or_else(|_| api::keys::NAMESPACE.to_string());
+    let mut builder =
+        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), api::keys::LEADER_LEASE)
+            .with_namespace(namespace)
+            .with_duration(leader::LEASE_DURATION_SECS)
+            .with_grace(leader::LEASE_GRACE_SECS);
+    if let Ok(pod) = std::env::var("POD_NAME") {
+        builder = builder.with_identity(pod);
+    }
+    let manager = builder.build().await.map_err(lease_err)?;
+    let (is_leader, lease_task) = manager.watch().await;
+    let result = leader::lead(is_leader, shutdown, |stop| {
+        run_controllers(client.clone(), stop)
+    })
+    .await;
+    // `lead` dropped the receiver: the lease task releases the Lease (so a
+    // new replica takes over at once) and ends.
+    match tokio::time::timeout(std::time::Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "could not release the leader lease"),
+        Ok(Err(e)) => warn!(error = %e, "leader lease task failed"),
+        Err(_) => warn!("releasing the leader lease timed out; it expires on its own"),
+        Ok(Ok(Ok(_))) => {}
+    }
+    result
+}
+
+/// Runs the scheduler and the session roll-up until `shutdown` resolves
+/// (then in-flight reconciles finish), without leader election: for one
+/// replica only.
+pub async fn run_controllers(
+    client: Client,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
     let shutdown = shutdown.shared();
     let ctx = Arc::new(Context::new(client.clone(), Timestamp::now));
     let wc = watcher::Config::default();
