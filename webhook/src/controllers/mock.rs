@@ -215,6 +215,9 @@ enum Scenario {
     RollUpFailedAfterDeadline,
     /// The invoker does not exist: the session fails with a reason.
     RollUpConfigurationMissing,
+    /// Three finished sessions, default `backupHistoryLimit` 1: the two
+    /// older ones are deleted, nothing is created.
+    HistoryLimitDeletesOldSessions,
 }
 
 impl Scenario {
@@ -360,6 +363,41 @@ impl Scenario {
                     "{ev}"
                 );
             }
+            Self::HistoryLimitDeletesOldSessions => {
+                let done = |name: &str, created: &str| {
+                    let mut s = session(name, Some(hosts(&[Phase::Succeeded])));
+                    s.status.as_mut().unwrap().phase = Some(Phase::Succeeded);
+                    s.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
+                    s
+                };
+                let items = vec![
+                    done("db-a", "2026-03-10T08:00:00Z"),
+                    done("db-c", "2026-03-10T10:00:00Z"),
+                    done("db-b", "2026-03-10T09:00:00Z"),
+                ];
+                api.expect(Method::GET, &list_path, 200, list(items)).await;
+                let body = api
+                    .expect(
+                        Method::PATCH,
+                        &status_path,
+                        200,
+                        json!(config(false, "2026-03-10T12:00:00Z")),
+                    )
+                    .await;
+                assert_eq!(body["status"]["lastSession"]["name"], "db-c");
+                assert_eq!(body["status"]["lastSession"]["phase"], "Succeeded");
+                for name in ["db-b", "db-a"] {
+                    let body = api
+                        .expect(
+                            Method::DELETE,
+                            &format!("{BS}/{name}?"),
+                            200,
+                            json!(session(name, None)),
+                        )
+                        .await;
+                    assert_eq!(body["propagationPolicy"], "Background");
+                }
+            }
             Self::RollUpConfigurationMissing => {
                 let not_found = json!({
                     "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -451,6 +489,19 @@ async fn a_running_session_blocks_a_second_one() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn finished_sessions_beyond_the_history_limit_are_deleted() {
+    let action = verify(
+        Scenario::HistoryLimitDeletesOldSessions,
+        now,
+        config(false, "2026-03-10T12:00:00Z"),
+        super::schedule::reconcile,
+    )
+    .await
+    .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(3598)));
 }
 
 #[tokio::test(start_paused = true)]

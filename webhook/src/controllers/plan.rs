@@ -81,6 +81,8 @@ pub struct ConfigurationPlan {
     pub notice: Option<Notice>,
     /// When to look again (the next tick); `None`: only on a change.
     pub requeue: Option<Duration>,
+    /// Finished sessions beyond `backupHistoryLimit`, to delete.
+    pub delete: Vec<String>,
 }
 
 /// Decides for `config` at `now`, given the sessions it invoked (any order).
@@ -207,7 +209,23 @@ pub fn plan_configuration(
         status,
         notice,
         requeue: next.map(|n| until(now, n).min(MAX_REQUEUE)),
+        delete: expired_sessions(sessions, config.spec.history_limit()),
     }
+}
+
+/// The finished sessions beyond the newest `limit` finished ones (Stash's
+/// `backupHistoryLimit`). Active sessions are never deleted.
+pub fn expired_sessions(sessions: &[BackupSession], limit: u32) -> Vec<String> {
+    let mut finished: Vec<&BackupSession> = sessions.iter().filter(|s| !is_active(s)).collect();
+    finished.sort_by(|a, b| {
+        (b.metadata.creation_timestamp.as_ref(), b.name_any())
+            .cmp(&(a.metadata.creation_timestamp.as_ref(), a.name_any()))
+    });
+    finished
+        .into_iter()
+        .skip(usize::try_from(limit).unwrap_or(usize::MAX))
+        .map(ResourceExt::name_any)
+        .collect()
 }
 
 /// While a tick was skipped, the condition keeps saying so until the next
@@ -721,6 +739,23 @@ mod tests {
         c2.status = Some(first.status.clone());
         let second = plan_configuration(&c2, &[], ts("2026-03-10T11:30:00Z"));
         assert_eq!(first.status, second.status);
+    }
+
+    #[test]
+    fn history_limit_keeps_the_newest_finished_sessions() {
+        let sessions = [
+            session("db-1", "2026-03-10T08:00:00Z", Some(Phase::Succeeded)),
+            session("db-3", "2026-03-10T10:00:00Z", Some(Phase::Failed)),
+            session("db-2", "2026-03-10T09:00:00Z", Some(Phase::Skipped)),
+            session("db-4", "2026-03-10T11:00:00Z", Some(Phase::Running)),
+        ];
+        // default limit 1: keep db-3, never touch the running db-4
+        assert_eq!(expired_sessions(&sessions, 1), ["db-2", "db-1"]);
+        assert_eq!(expired_sessions(&sessions, 0), ["db-3", "db-2", "db-1"]);
+        assert!(expired_sessions(&sessions, 5).is_empty());
+        let c = with_next(config(Some("@hourly"), false), "2026-03-10T12:00:00Z");
+        let plan = plan_configuration(&c, &sessions, ts("2026-03-10T11:30:00Z"));
+        assert_eq!(plan.delete, ["db-2", "db-1"]);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The `BackupConfiguration` reconciler: lists the configuration's sessions,
 //! asks [`plan_configuration`] what to do at `now`, creates the due session,
-//! writes the status, publishes the event, and sleeps until the next tick.
+//! writes the status, deletes finished sessions beyond `backupHistoryLimit`,
+//! publishes the event, and sleeps until the next tick.
 
 use std::sync::Arc;
 
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -65,6 +66,16 @@ pub async fn reconcile(
                 &Patch::Apply(&body),
             )
             .await?;
+    }
+
+    for old in &plan.delete {
+        match sessions_api.delete(old, &DeleteParams::background()).await {
+            Ok(_) => {
+                info!(%ns, configuration = %name, session = %old, "old backup session deleted (backupHistoryLimit)")
+            }
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 
     if let Some(notice) = &plan.notice {
