@@ -558,6 +558,40 @@ async fn a_finished_session_makes_no_request() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_unreadable_object_gets_an_event_not_a_stalled_watch() {
+    // `spec.invoker` missing: what a session created around the schema looks like.
+    let raw = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": { "name": "broken", "namespace": NS, "uid": "uid-broken" },
+        "spec": {}
+    });
+    let guard: kube::core::DeserializeGuard<BackupSession> = serde_json::from_value(raw).unwrap();
+    assert!(guard.0.is_err());
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(Context::new(Client::new(svc, "default"), now));
+    let server = tokio::spawn(async move {
+        let mut api = ApiServer(handle);
+        let ev = api.event().await;
+        assert_eq!(ev["reason"], "InvalidObject");
+        assert_eq!(ev["regarding"]["name"], "broken");
+        // the note carries serde's reason, naming the missing field
+        assert!(
+            ev["note"]
+                .as_str()
+                .unwrap()
+                .contains("Missing field invoker"),
+            "{ev}"
+        );
+        api.done().await;
+    });
+    let action = super::guarded(Arc::new(guard), ctx, super::rollup::reconcile)
+        .await
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+    server.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_missing_crd_is_reported_plainly() {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, "default");

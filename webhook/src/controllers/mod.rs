@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::jiff::Timestamp;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -168,6 +169,38 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     Action::requeue(wait)
 }
 
+/// Reconciles a readable object with `reconcile`; an unreadable one gets a
+/// warning event saying why, and is left until it changes.
+async fn guarded<K, F, Fut>(
+    obj: Arc<DeserializeGuard<K>>,
+    ctx: Arc<Context>,
+    reconcile: F,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()> + Clone,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action, Error>>,
+{
+    match &obj.0 {
+        Ok(k) => reconcile(Arc::new(k.clone()), ctx).await,
+        Err(invalid) => {
+            warn!(kind = %K::kind(&()), name = ?invalid.metadata.name, ns = ?invalid.metadata.namespace, error = %invalid.error, "cannot read object");
+            let notice = plan::Notice {
+                warning: true,
+                reason: "InvalidObject",
+                action: "Read",
+                note: format!(
+                    "Hoard cannot read this {}: {}; fix the field named (kubectl edit) or re-create it from the documented schema",
+                    K::kind(&()),
+                    invalid.error
+                ),
+            };
+            ctx.publish(obj.as_ref(), &notice).await;
+            Ok(Action::await_change())
+        }
+    }
+}
+
 /// Fails with a plain message when one of our CRDs is not installed.
 async fn check_crds(client: &Client) -> Result<(), Error> {
     let lp = kube::api::ListParams::default().limit(1);
@@ -240,34 +273,52 @@ pub async fn run_controllers(
     let ctx = Arc::new(Context::new(client.clone(), Timestamp::now));
     let wc = watcher::Config::default();
 
-    let scheduler = Controller::new(Api::<BackupConfiguration>::all(client.clone()), wc.clone())
-        // A session's change (created, finished) updates its configuration's
-        // status; user-created sessions have no owner reference, so map by
-        // the invoker rather than `owns`.
-        .watches(
-            Api::<BackupSession>::all(client.clone()),
-            wc.clone(),
-            |s: BackupSession| {
-                s.namespace()
-                    .map(|ns| ObjectRef::new(&s.spec.invoker.name).within(&ns))
-            },
-        )
-        .graceful_shutdown_on(shutdown.clone())
-        .run(schedule::reconcile, error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Ok((obj, _)) = r {
-                tracing::debug!(name = %obj.name, ns = ?obj.namespace, "configuration reconciled");
-            }
-        });
+    // DeserializeGuard: one object the types cannot read (written before a
+    // schema change, or with validation bypassed) is reported on itself
+    // instead of stopping the watch for every other object.
+    let scheduler = Controller::new(
+        Api::<DeserializeGuard<BackupConfiguration>>::all(client.clone()),
+        wc.clone(),
+    )
+    // A session's change (created, finished) updates its configuration's
+    // status; user-created sessions have no owner reference, so map by
+    // the invoker rather than `owns`.
+    .watches(
+        Api::<DeserializeGuard<BackupSession>>::all(client.clone()),
+        wc.clone(),
+        |g: DeserializeGuard<BackupSession>| {
+            let s = g.0.ok()?;
+            let ns = s.namespace()?;
+            Some(ObjectRef::new(&s.spec.invoker.name).within(&ns))
+        },
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        |g, ctx| guarded(g, ctx, schedule::reconcile),
+        error_policy,
+        ctx.clone(),
+    )
+    .for_each(|r| async move {
+        if let Ok((obj, _)) = r {
+            tracing::debug!(name = %obj.name, ns = ?obj.namespace, "configuration reconciled");
+        }
+    });
 
-    let rollup = Controller::new(Api::<BackupSession>::all(client.clone()), wc)
-        .graceful_shutdown_on(shutdown)
-        .run(rollup::reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Ok((obj, _)) = r {
-                tracing::debug!(name = %obj.name, ns = ?obj.namespace, "session reconciled");
-            }
-        });
+    let rollup = Controller::new(
+        Api::<DeserializeGuard<BackupSession>>::all(client.clone()),
+        wc,
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(
+        |g, ctx| guarded(g, ctx, rollup::reconcile),
+        error_policy,
+        ctx,
+    )
+    .for_each(|r| async move {
+        if let Ok((obj, _)) = r {
+            tracing::debug!(name = %obj.name, ns = ?obj.namespace, "session reconciled");
+        }
+    });
 
     info!("controllers started: backup scheduler, session roll-up");
     tokio::join!(scheduler, rollup);
