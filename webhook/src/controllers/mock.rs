@@ -584,11 +584,14 @@ async fn an_unreadable_object_gets_an_event_not_a_stalled_watch() {
         );
         api.done().await;
     });
+    let metrics = ctx.metrics.clone();
     let action = super::guarded(Arc::new(guard), ctx, super::rollup::reconcile)
         .await
         .unwrap();
     assert_eq!(action, Action::await_change());
     server.await.unwrap();
+    let counted = |kind: &str| metrics.reconciles.with_label_values(&[kind]).get();
+    assert_eq!(counted("BackupSession"), 1);
 }
 
 #[tokio::test(start_paused = true)]

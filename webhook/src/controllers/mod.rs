@@ -20,6 +20,7 @@
 
 pub mod cron;
 pub mod leader;
+pub mod metrics;
 #[cfg(test)]
 mod mock;
 pub mod plan;
@@ -83,6 +84,7 @@ pub struct Context {
     pub recorder: Recorder,
     /// The clock; tests pass a fixed one.
     pub now: fn() -> Timestamp,
+    pub metrics: metrics::Metrics,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -97,6 +99,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             now,
+            metrics: metrics::Metrics::new(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -164,6 +167,10 @@ fn error_policy<K: Resource<DynamicType = ()>>(
         *n += 1;
         *n
     };
+    ctx.metrics
+        .failures
+        .with_label_values(&[&K::kind(&()), err.metric_reason()])
+        .inc();
     let wait = backoff(n);
     warn!(kind = %K::kind(&()), name = %obj.meta().name.as_deref().unwrap_or_default(), failures = n, retry_in = ?wait, error = %err, "reconcile failed");
     Action::requeue(wait)
@@ -181,8 +188,15 @@ where
     F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
     Fut: Future<Output = Result<Action, Error>>,
 {
+    let kind = K::kind(&());
+    ctx.metrics.reconciles.with_label_values(&[&kind]).inc();
+    let _timer = ctx
+        .metrics
+        .duration
+        .with_label_values(&[&kind])
+        .start_timer();
     match &obj.0 {
-        Ok(k) => reconcile(Arc::new(k.clone()), ctx).await,
+        Ok(k) => reconcile(Arc::new(k.clone()), ctx.clone()).await,
         Err(invalid) => {
             warn!(kind = %K::kind(&()), name = ?invalid.metadata.name, ns = ?invalid.metadata.namespace, error = %invalid.error, "cannot read object");
             let notice = plan::Notice {
