@@ -35,7 +35,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::jiff::Timestamp;
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -144,6 +144,9 @@ impl Context {
         }
     }
 }
+
+/// Quiet time before a burst of watch events on one object is reconciled.
+const DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// First retry after a failure; doubled per consecutive failure.
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
@@ -286,6 +289,9 @@ pub async fn run_controllers(
     let shutdown = shutdown.shared();
     let ctx = Arc::new(Context::new(client.clone(), Timestamp::now));
     let wc = watcher::Config::default();
+    // Agents write each host's progress every few seconds; coalescing the
+    // bursts keeps both controllers from reconciling once per write.
+    let cc = controller::Config::default().debounce(DEBOUNCE);
 
     // DeserializeGuard: one object the types cannot read (written before a
     // schema change, or with validation bypassed) is reported on itself
@@ -294,6 +300,7 @@ pub async fn run_controllers(
         Api::<DeserializeGuard<BackupConfiguration>>::all(client.clone()),
         wc.clone(),
     )
+    .with_config(cc.clone())
     // A session's change (created, finished) updates its configuration's
     // status; user-created sessions have no owner reference, so map by
     // the invoker rather than `owns`.
@@ -322,6 +329,7 @@ pub async fn run_controllers(
         Api::<DeserializeGuard<BackupSession>>::all(client.clone()),
         wc,
     )
+    .with_config(cc)
     .graceful_shutdown_on(shutdown)
     .run(
         |g, ctx| guarded(g, ctx, rollup::reconcile),
