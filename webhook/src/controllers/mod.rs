@@ -17,6 +17,10 @@
 //! so several webhook replicas (which all serve admission) never both
 //! schedule or write status. [`run_controllers`] skips the election, for a
 //! single replica.
+//!
+//! Metrics ([`metrics`]) go to the default Prometheus registry; events to
+//! the objects (`kubectl describe`); both controllers watch through
+//! `DeserializeGuard`, so one unreadable object never stalls the others.
 
 pub mod cron;
 pub mod leader;

@@ -21,7 +21,8 @@ use api::{BackupConfiguration, BackupSession, BackupSessionStatus};
 use super::plan::{Notice, TargetHosts, Workload, failed_status, roll_up_session};
 use super::{Context, Error};
 
-/// Why a session cannot run, as the user should read it.
+/// The hosts of each target, or (inner `Err`) why the session cannot run,
+/// worded for the user.
 async fn target_hosts(
     ctx: &Context,
     ns: &str,
