@@ -10,12 +10,15 @@
 //! * [`admin`] serves `/live`, `/ready` and `/metrics` ([`metrics`]) on a
 //!   plain-HTTP port;
 //! * [`workload`] resolves a pod's owner and backup host name;
+//! * [`controllers`] turn `BackupConfiguration`s into `BackupSession`s on
+//!   their schedules and roll the agents' per-host results up;
 //! * [`args`] wires it together for the `hoard-webhook` binary;
 //! * [`testing`] holds the invariants and fixtures-state shared by the
 //!   property tests, the fuzz target and the benchmark.
 
 pub mod admin;
 pub mod args;
+pub mod controllers;
 pub mod keys;
 pub mod metrics;
 pub mod mutate;

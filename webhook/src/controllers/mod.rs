@@ -1,0 +1,364 @@
+//! Hoard's cluster-level controllers, run in the webhook process.
+//!
+//! Data flow: a `BackupConfiguration` with a `schedule` is reconciled by the
+//! scheduler ([`schedule`]), which creates one `BackupSession` per due tick
+//! and writes the configuration's status (last session, outcome, next tick).
+//! The agents on the target's nodes fill in each host's `status.stats`; the
+//! roll-up ([`rollup`]) turns those into the session's `phase`, `totalHosts`,
+//! `hostsDone` and `sessionDuration`, and fails hosts that never report by
+//! the session's deadline. Session changes wake the scheduler of their
+//! configuration, which records the outcome.
+//!
+//! Decisions are pure functions of the objects and `now` ([`plan`],
+//! [`cron`]); the reconcilers only read, call them and write.
+//!
+//! **Leader election** ([`leader`]): [`run`] takes the `hoard-controllers`
+//! Lease in the pod's namespace first; only its holder runs the controllers,
+//! so several webhook replicas (which all serve admission) never both
+//! schedule or write status. [`run_controllers`] skips the election, for a
+//! single replica.
+//!
+//! Metrics ([`metrics`]) go to the default Prometheus registry; events to
+//! the objects (`kubectl describe`); both controllers watch through
+//! `DeserializeGuard`, so one unreadable object never stalls the others.
+
+pub mod cron;
+pub mod leader;
+pub mod metrics;
+#[cfg(test)]
+mod mock;
+pub mod plan;
+pub mod rollup;
+pub mod schedule;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::jiff::Timestamp;
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use api::{BackupConfiguration, BackupSession};
+
+/// `reportingController` of Hoard's events.
+pub const REPORTER: &str = "hoard.dev/controllers";
+
+/// Why a reconcile failed (the controller retries with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(
+        "{kind} {name} has no namespace; Hoard's kinds are namespaced, is the CRD installed from manifests/?"
+    )]
+    NotNamespaced { kind: &'static str, name: String },
+    #[error(
+        "the {kind} CRD is not installed or not readable ({source}); apply manifests/install.yaml and check the webhook's RBAC"
+    )]
+    CrdMissing {
+        kind: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "cannot take part in leader election with Lease {lease}: {source}; check that the webhook's service account may get, create and patch leases in its namespace"
+    )]
+    Lease {
+        lease: &'static str,
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    #[error(
+        "leader election stopped unexpectedly; the process exits so that Kubernetes restarts it"
+    )]
+    LeaderElectionStopped,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    /// The clock; tests pass a fixed one.
+    pub now: fn() -> Timestamp,
+    pub metrics: metrics::Metrics,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, now: fn() -> Timestamp) -> Self {
+        let reporter = Reporter {
+            controller: REPORTER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            now,
+            metrics: metrics::Metrics::new(),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+        format!(
+            "{}/{}/{}",
+            K::kind(&()),
+            obj.meta().namespace.as_deref().unwrap_or_default(),
+            obj.meta().name.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// Forgets the failures of `obj` after a successful reconcile.
+    pub(crate) fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&Self::key(obj));
+    }
+
+    /// Publishes an event on `obj`. A failed event is logged, not retried:
+    /// it must not fail (and so repeat) the reconcile that caused it.
+    pub(crate) async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        notice: &plan::Notice,
+    ) {
+        let ev = Event {
+            type_: if notice.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: notice.reason.into(),
+            note: Some(notice.note.clone()),
+            action: notice.action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            warn!(error = %e, reason = notice.reason, "could not publish event");
+        }
+    }
+}
+
+/// Quiet time before a burst of watch events on one object is reconciled.
+const DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// First retry after a failure; doubled per consecutive failure.
+const BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Longest wait between retries (a flapping API server is not hammered).
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Backoff after `failures` consecutive failures (1 → 5 s, 2 → 10 s, … ≤ 5 min).
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX)
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let n = {
+        let mut f = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(Context::key(obj.as_ref())).or_insert(0);
+        *n += 1;
+        *n
+    };
+    ctx.metrics
+        .failures
+        .with_label_values(&[&K::kind(&()), err.metric_reason()])
+        .inc();
+    let wait = backoff(n);
+    warn!(kind = %K::kind(&()), name = %obj.meta().name.as_deref().unwrap_or_default(), failures = n, retry_in = ?wait, error = %err, "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// Reconciles a readable object with `reconcile`; an unreadable one gets a
+/// warning event saying why, and is left until it changes.
+async fn guarded<K, F, Fut>(
+    obj: Arc<DeserializeGuard<K>>,
+    ctx: Arc<Context>,
+    reconcile: F,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()> + Clone,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action, Error>>,
+{
+    let kind = K::kind(&());
+    ctx.metrics.reconciles.with_label_values(&[&kind]).inc();
+    let _timer = ctx
+        .metrics
+        .duration
+        .with_label_values(&[&kind])
+        .start_timer();
+    match &obj.0 {
+        Ok(k) => reconcile(Arc::new(k.clone()), ctx.clone()).await,
+        Err(invalid) => {
+            warn!(kind = %K::kind(&()), name = ?invalid.metadata.name, ns = ?invalid.metadata.namespace, error = %invalid.error, "cannot read object");
+            let notice = plan::Notice {
+                warning: true,
+                reason: "InvalidObject",
+                action: "Read",
+                note: format!(
+                    "Hoard cannot read this {}: {}; fix the field named (kubectl edit) or re-create it from the documented schema",
+                    K::kind(&()),
+                    invalid.error
+                ),
+            };
+            ctx.publish(obj.as_ref(), &notice).await;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// Fails with a plain message when one of our CRDs is not installed.
+async fn check_crds(client: &Client) -> Result<(), Error> {
+    let lp = kube::api::ListParams::default().limit(1);
+    Api::<BackupConfiguration>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(|source| Error::CrdMissing {
+            kind: "BackupConfiguration",
+            source,
+        })?;
+    Api::<BackupSession>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(|source| Error::CrdMissing {
+            kind: "BackupSession",
+            source,
+        })?;
+    Ok(())
+}
+
+/// Takes part in leader election and, while this replica leads, runs the
+/// controllers ([`run_controllers`]); returns after `shutdown` resolved and
+/// the lease was released. The webhook binary calls this beside its
+/// admission server. `POD_NAME` / `POD_NAMESPACE` (downward API) name the
+/// lease holder and the Lease's namespace (default `hoard-system`).
+pub async fn run(
+    client: Client,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    check_crds(&client).await?;
+    let lease_err = |source| Error::Lease {
+        lease: api::keys::LEADER_LEASE,
+        source,
+    };
+    let namespace =
+        std::env::var("POD_NAMESPACE").unwrap_or_else(|_| api::keys::NAMESPACE.to_string());
+    let mut builder =
+        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), api::keys::LEADER_LEASE)
+            .with_namespace(namespace)
+            .with_duration(leader::LEASE_DURATION_SECS)
+            .with_grace(leader::LEASE_GRACE_SECS);
+    if let Ok(pod) = std::env::var("POD_NAME") {
+        builder = builder.with_identity(pod);
+    }
+    let manager = builder.build().await.map_err(lease_err)?;
+    let (is_leader, lease_task) = manager.watch().await;
+    let result = leader::lead(is_leader, shutdown, |stop| {
+        run_controllers(client.clone(), stop)
+    })
+    .await;
+    // `lead` dropped the receiver: the lease task releases the Lease (so a
+    // new replica takes over at once) and ends.
+    match tokio::time::timeout(std::time::Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "could not release the leader lease"),
+        Ok(Err(e)) => warn!(error = %e, "leader lease task failed"),
+        Err(_) => warn!("releasing the leader lease timed out; it expires on its own"),
+        Ok(Ok(Ok(_))) => {}
+    }
+    result
+}
+
+/// Runs the scheduler and the session roll-up until `shutdown` resolves
+/// (then in-flight reconciles finish), without leader election: for one
+/// replica only.
+pub async fn run_controllers(
+    client: Client,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    let shutdown = shutdown.shared();
+    let ctx = Arc::new(Context::new(client.clone(), Timestamp::now));
+    let wc = watcher::Config::default();
+    // Agents write each host's progress every few seconds; coalescing the
+    // bursts keeps both controllers from reconciling once per write.
+    let cc = controller::Config::default().debounce(DEBOUNCE);
+
+    // DeserializeGuard: one object the types cannot read (written before a
+    // schema change, or with validation bypassed) is reported on itself
+    // instead of stopping the watch for every other object.
+    let scheduler = Controller::new(
+        Api::<DeserializeGuard<BackupConfiguration>>::all(client.clone()),
+        wc.clone(),
+    )
+    .with_config(cc.clone())
+    // A session's change (created, finished) updates its configuration's
+    // status; user-created sessions have no owner reference, so map by
+    // the invoker rather than `owns`.
+    .watches(
+        Api::<DeserializeGuard<BackupSession>>::all(client.clone()),
+        wc.clone(),
+        |g: DeserializeGuard<BackupSession>| {
+            let s = g.0.ok()?;
+            let ns = s.namespace()?;
+            Some(ObjectRef::new(&s.spec.invoker.name).within(&ns))
+        },
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        |g, ctx| guarded(g, ctx, schedule::reconcile),
+        error_policy,
+        ctx.clone(),
+    )
+    .for_each(|r| async move {
+        if let Ok((obj, _)) = r {
+            tracing::debug!(name = %obj.name, ns = ?obj.namespace, "configuration reconciled");
+        }
+    });
+
+    let rollup = Controller::new(
+        Api::<DeserializeGuard<BackupSession>>::all(client.clone()),
+        wc,
+    )
+    .with_config(cc)
+    .graceful_shutdown_on(shutdown)
+    .run(
+        |g, ctx| guarded(g, ctx, rollup::reconcile),
+        error_policy,
+        ctx,
+    )
+    .for_each(|r| async move {
+        if let Ok((obj, _)) = r {
+            tracing::debug!(name = %obj.name, ns = ?obj.namespace, "session reconciled");
+        }
+    });
+
+    info!("controllers started: backup scheduler, session roll-up");
+    tokio::join!(scheduler, rollup);
+    info!("controllers stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap() {
+        let got: Vec<u64> = [1, 2, 3, 4, 7, 50].map(|n| backoff(n).as_secs()).to_vec();
+        assert_eq!(got, [5, 10, 20, 40, 300, 300]);
+    }
+}

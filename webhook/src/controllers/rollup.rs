@@ -1,0 +1,187 @@
+//! The `BackupSession` roll-up reconciler: reads the session, its
+//! configuration and the target workloads (for `totalHosts`), asks
+//! [`roll_up_session`] for the status at `now`, and writes it guarded by the
+//! session's `resourceVersion` — agents write `status.stats` concurrently,
+//! and a stale write must fail (and retry) rather than drop their entries.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tracing::info;
+
+use api::common::{Phase, TargetRef};
+use api::host::WorkloadKind;
+use api::keys::FIELD_MANAGER;
+use api::{BackupConfiguration, BackupSession, BackupSessionStatus};
+
+use super::plan::{Notice, TargetHosts, Workload, failed_status, roll_up_session};
+use super::{Context, Error};
+
+/// The hosts of each target, or (inner `Err`) why the session cannot run,
+/// worded for the user.
+async fn target_hosts(
+    ctx: &Context,
+    ns: &str,
+    config: &BackupConfiguration,
+) -> Result<Result<Vec<TargetHosts>, String>, Error> {
+    let batch = config.spec.targets.as_ref().is_some_and(|t| !t.is_empty());
+    let mut out = Vec::new();
+    for t in config.spec.all_targets() {
+        let r: &TargetRef = &t.target_ref;
+        let Some(kind) = WorkloadKind::parse(&r.kind) else {
+            return Ok(Err(format!(
+                "target kind {:?} is not supported; use Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController or PersistentVolumeClaim",
+                r.kind
+            )));
+        };
+        let not_found = || format!("target {kind}/{} not found in namespace {ns}", r.name);
+        let workload = match kind {
+            WorkloadKind::StatefulSet => {
+                match Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+                    .get_opt(&r.name)
+                    .await?
+                {
+                    Some(s) => Workload::StatefulSet {
+                        replicas: s.spec.and_then(|s| s.replicas),
+                    },
+                    None => return Ok(Err(not_found())),
+                }
+            }
+            WorkloadKind::DaemonSet => {
+                match Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
+                    .get_opt(&r.name)
+                    .await?
+                {
+                    Some(d) => Workload::DaemonSet {
+                        desired_scheduled: d.status.map_or(0, |s| s.desired_number_scheduled),
+                    },
+                    None => return Ok(Err(not_found())),
+                }
+            }
+            _ => Workload::Single,
+        };
+        out.push(TargetHosts::new(kind, batch.then(|| r.clone()), workload));
+    }
+    Ok(Ok(out))
+}
+
+pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let old = session.status.clone().unwrap_or_default();
+    if old.phase.is_some_and(Phase::is_finished) {
+        return Ok(Action::await_change());
+    }
+    let name = session.name_any();
+    let ns = session.namespace().ok_or_else(|| Error::NotNamespaced {
+        kind: "BackupSession",
+        name: name.clone(),
+    })?;
+    let now = (ctx.now)();
+    let started = session
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(now, |t| t.0);
+    let invoker = &session.spec.invoker.name;
+
+    let config = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(invoker)
+        .await?;
+    let (status, requeue) = match config {
+        None => (
+            failed_status(
+                &old,
+                format!(
+                    "BackupConfiguration {invoker} not found in namespace {ns}; create it, or delete this session"
+                ),
+                now,
+            ),
+            None,
+        ),
+        Some(config) => match target_hosts(&ctx, &ns, &config).await? {
+            Err(msg) => (failed_status(&old, msg, now), None),
+            Ok(targets) => {
+                // The CRD validates timeOut; an unreadable one (schema
+                // bypassed) falls back to the default rather than never
+                // timing out.
+                let timeout = config
+                    .spec
+                    .timeout()
+                    .unwrap_or(api::phase::DEFAULT_SESSION_TIMEOUT);
+                roll_up_session(&old, &targets, started, timeout, now)
+            }
+        },
+    };
+
+    if status != old {
+        let body = json!({
+            "metadata": { "resourceVersion": session.resource_version() },
+            "status": status,
+        });
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        Api::<BackupSession>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(&name, &pp, &Patch::Merge(&body))
+            .await?;
+        if let Some(notice) = finished_notice(&old, &status) {
+            info!(%ns, session = %name, reason = notice.reason, "backup session finished");
+            ctx.publish(session.as_ref(), &notice).await;
+        }
+    }
+    ctx.succeeded(session.as_ref());
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The event for a session that just finished.
+fn finished_notice(old: &BackupSessionStatus, new: &BackupSessionStatus) -> Option<Notice> {
+    let phase = new.phase?;
+    if !phase.is_finished() || old.phase == Some(phase) {
+        return None;
+    }
+    let total = new.total_hosts.unwrap_or_default();
+    let done = new.hosts_done.unwrap_or_default();
+    let (warning, reason, note) = match phase {
+        Phase::Succeeded => (
+            false,
+            "BackupSucceeded",
+            format!(
+                "all {total} hosts backed up in {}",
+                new.session_duration.as_deref().unwrap_or("0s")
+            ),
+        ),
+        Phase::Skipped => (
+            true,
+            "BackupSkipped",
+            new.message.clone().unwrap_or_default(),
+        ),
+        _ => {
+            let failed: Vec<&str> = new
+                .stats
+                .iter()
+                .flatten()
+                .filter(|s| s.phase == Some(Phase::Failed))
+                .map(|s| s.hostname.as_str())
+                .collect();
+            let note = match &new.message {
+                Some(m) if failed.is_empty() => m.clone(),
+                _ => format!(
+                    "{} of {total} hosts failed ({}); {done} finished; see status.stats[].error",
+                    failed.len(),
+                    failed.join(", ")
+                ),
+            };
+            (true, "BackupFailed", note)
+        }
+    };
+    Some(Notice {
+        warning,
+        reason,
+        action: "RollUp",
+        note,
+    })
+}
