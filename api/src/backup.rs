@@ -11,18 +11,24 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::phase::GO_DURATION_CEL;
+
 use crate::common::{
     Driver, EmptyDirSettings, Phase, Progress, RepositoryRef, RetentionPolicy, RuntimeSettings,
     TargetRef, TaskRef,
 };
 use crate::schedule::SCHEDULE_CEL;
 
+/// Finished `BackupSession`s kept per configuration when
+/// `backupHistoryLimit` is not set (Stash's default).
+pub const DEFAULT_BACKUP_HISTORY_LIMIT: u32 = 1;
+
 /// Spec of a `BackupConfiguration`.
 ///
 /// **Batch backup**: besides Stash's single `target`, `targets` lists several
 /// co-related targets that are backed up together in one `BackupSession`
-/// (seed 004, "Batch Backup"). Use [`BackupConfigurationSpec::all_targets`]
-/// to iterate over both.
+/// (seed 004, "Batch Backup").
+// Rust: `all_targets()` iterates over both.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "hoard.dev",
@@ -78,6 +84,11 @@ pub struct BackupConfigurationSpec {
     /// Stop creating new sessions (running ones finish).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
+    /// How many finished `BackupSession`s of this configuration to keep
+    /// (Stash's `backupHistoryLimit`); older ones are deleted. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub backup_history_limit: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,12 +97,35 @@ pub struct BackupConfigurationSpec {
     pub runtime_settings: Option<RuntimeSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temp_dir: Option<EmptyDirSettings>,
+    /// Deadline of each session (Go duration, e.g. `30m`, `2h`; Stash's
+    /// `timeOut`). Hosts that have not finished by then are marked failed and
+    /// held pods stop waiting. Default: 1h.
+    // = crate::phase::DEFAULT_SESSION_TIMEOUT
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(GO_DURATION_CEL).message("timeOut must be a Go duration such as 30m, 2h or 1h30m"))]
+    #[schemars(length(max = 64))]
+    pub time_out: Option<String>,
 }
 
 impl BackupConfigurationSpec {
+    /// `timeOut`, or the default when absent.
+    pub fn timeout(&self) -> Result<std::time::Duration, crate::phase::DurationError> {
+        self.time_out.as_deref().map_or(
+            Ok(crate::phase::DEFAULT_SESSION_TIMEOUT),
+            crate::phase::parse_go_duration,
+        )
+    }
     /// `target` followed by every entry of `targets`.
     pub fn all_targets(&self) -> impl Iterator<Item = &BackupTarget> {
         self.target.iter().chain(self.targets.iter().flatten())
+    }
+
+    /// `backupHistoryLimit`, [`DEFAULT_BACKUP_HISTORY_LIMIT`] when absent.
+    pub fn history_limit(&self) -> u32 {
+        self.backup_history_limit
+            .map_or(DEFAULT_BACKUP_HISTORY_LIMIT, |n| {
+                u32::try_from(n).unwrap_or(0)
+            })
     }
 
     /// `paused`, `false` when absent.
@@ -146,7 +180,7 @@ pub struct LastSession {
 }
 
 /// Spec of a `BackupSession`.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "hoard.dev",
     version = "v1beta1",
@@ -156,6 +190,8 @@ pub struct LastSession {
     shortname = "bs",
     category = "hoard",
     doc = "One run of a BackupConfiguration: created at each schedule tick, or by a user for an instant backup.",
+    // `kubectl get bs --field-selector spec.invoker.name=<config>`
+    selectable = ".spec.invoker.name",
     printcolumn(name = "Invoker", type_ = "string", json_path = ".spec.invoker.name"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
@@ -177,13 +213,17 @@ pub struct LastSession {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupSessionSpec {
-    /// The `BackupConfiguration` this session runs.
+    /// The `BackupConfiguration` this session runs. Immutable: a session is
+    /// one run of one configuration.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.invoker is immutable; create a new BackupSession instead"))]
     pub invoker: InvokerRef,
 }
 
 /// What invoked a `BackupSession`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.kind == 'BackupConfiguration' && (!has(self.apiGroup) || self.apiGroup == 'hoard.dev')")
+    .message("invoker must be a BackupConfiguration (apiGroup hoard.dev)"))]
 pub struct InvokerRef {
     /// `hoard.dev`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -209,6 +249,12 @@ pub struct BackupSessionStatus {
     /// Sum of the hosts' durations, Go duration syntax (`4.148288404s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_duration: Option<String>,
+    /// One entry per host (and target, in a batch backup). An atomic list,
+    /// because host names repeat across batch targets (`host-0`): writers
+    /// read, update their own entry and write back with the read
+    /// `resourceVersion` (retrying on a conflict), so concurrent agents never
+    /// overwrite each other's entries.
+    // Rust: `upsert_host_stats()` updates the entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<Vec<HostBackupStats>>,
     /// Why the session is `Skipped`/`Failed` as a whole.
@@ -272,4 +318,76 @@ pub struct FileStats {
     pub modified: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unmodified: Option<i64>,
+}
+
+/// Replaces the entry of the same host and target in `stats`, or appends it.
+pub fn upsert_host_stats(stats: &mut Vec<HostBackupStats>, entry: HostBackupStats) {
+    match stats
+        .iter_mut()
+        .find(|s| s.hostname == entry.hostname && s.target == entry.target)
+    {
+        Some(slot) => *slot = entry,
+        None => stats.push(entry),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(host: &str, target: Option<&str>, phase: Phase) -> HostBackupStats {
+        HostBackupStats {
+            hostname: host.into(),
+            target: target.map(|n| TargetRef {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: n.into(),
+            }),
+            phase: Some(phase),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn upsert_replaces_only_the_same_host_of_the_same_target() {
+        let mut stats = vec![
+            entry("host-0", Some("a"), Phase::Running),
+            entry("host-0", Some("b"), Phase::Running),
+        ];
+        upsert_host_stats(&mut stats, entry("host-0", Some("b"), Phase::Succeeded));
+        upsert_host_stats(&mut stats, entry("host-1", None, Phase::Running));
+        assert_eq!(
+            stats
+                .iter()
+                .map(|s| (s.hostname.as_str(), s.phase.unwrap()))
+                .collect::<Vec<_>>(),
+            [
+                ("host-0", Phase::Running),
+                ("host-0", Phase::Succeeded),
+                ("host-1", Phase::Running)
+            ]
+        );
+    }
+
+    #[test]
+    fn all_targets_lists_target_then_targets() {
+        let t = |n: &str| BackupTarget {
+            target_ref: TargetRef {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: n.into(),
+            },
+            ..Default::default()
+        };
+        let spec = BackupConfigurationSpec {
+            target: Some(t("a")),
+            targets: Some(vec![t("b"), t("c")]),
+            ..Default::default()
+        };
+        let names: Vec<&str> = spec
+            .all_targets()
+            .map(|t| t.target_ref.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
 }

@@ -163,8 +163,8 @@ pub struct PodRuntimeSettings {
 ///
 /// Seed 001 documents `sizeLimit` and `disableCaching`, but its example YAML
 /// writes `size` and `disableCache`. Both spellings are accepted so that the
-/// example applies as written; read them through [`EmptyDirSettings::size_limit`]
-/// and [`EmptyDirSettings::caching_disabled`].
+/// example applies as written.
+// Rust: read them through `size_limit()` and `caching_disabled()`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EmptyDirSettings {

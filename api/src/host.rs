@@ -373,6 +373,15 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any StatefulSet name, however many dashes it has, gives back the ordinal.
+        #[test]
+        fn ordinal_is_the_number_after_the_last_dash(base in "[a-z]([-a-z0-9]{0,40}[a-z0-9])?", n in 0u32..100_000) {
+            let name = format!("{base}-{n}");
+            proptest::prop_assert_eq!(statefulset_ordinal(&name, None), Some(n));
+        }
+    }
+
     #[test]
     fn host_label_only_when_a_valid_label_value() {
         assert_eq!(host_label_value("host-3"), Some("host-3"));

@@ -10,6 +10,26 @@ pub const GROUP: &str = "hoard.dev";
 /// agent). One name, so that Hoard never fights itself over a field.
 pub const FIELD_MANAGER: &str = "hoard";
 
+/// Longest field manager name the API server accepts.
+pub const MAX_FIELD_MANAGER_LEN: usize = 128;
+
+/// Field manager for a host's entry in a session's status when written with
+/// server-side apply: `hoard/<host>`. Each host needs its own manager, or one
+/// agent's apply would drop the entries another agent owns (apply removes
+/// what the same manager no longer sends). Truncated to
+/// [`MAX_FIELD_MANAGER_LEN`] (node names reach 253 characters).
+pub fn host_field_manager(host: &str) -> String {
+    let mut m = format!("{FIELD_MANAGER}/{host}");
+    if m.len() > MAX_FIELD_MANAGER_LEN {
+        let mut cut = MAX_FIELD_MANAGER_LEN;
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m.truncate(cut);
+    }
+    m
+}
+
 // ---------------------------------------------------------------------------
 // Backup identity of a pod (written by the webhook at pod creation)
 // ---------------------------------------------------------------------------
@@ -75,6 +95,11 @@ pub const RESTORE_DONE_MARKER: &str = "done";
 /// File name of the failure marker (content: the reason, UTF-8 text).
 pub const RESTORE_FAILED_MARKER: &str = "failed";
 
+/// Where the kubelet keeps [`RESTORE_STATUS_VOLUME`] on the node, relative to
+/// the pod's directory `<kubelet-root>/pods/<pod-uid>/`. The agent writes the
+/// markers below it (resolving beneath it, never following links).
+pub const RESTORE_STATUS_POD_SUBDIR: &str = "volumes/kubernetes.io~empty-dir/hoard-restore-status";
+
 /// Success marker, relative to the status volume: `<session-uid>/done`.
 pub fn restore_done_marker(session_uid: &str) -> String {
     format!("{session_uid}/{RESTORE_DONE_MARKER}")
@@ -101,6 +126,13 @@ pub const LABEL_BACKUP_CONFIGURATION: &str = "hoard.dev/backup-configuration";
 pub const LABEL_SESSION: &str = "hoard.dev/session";
 /// Finalizer the controllers put on sessions that own short-lived objects.
 pub const FINALIZER: &str = "hoard.dev/cleanup";
+
+/// Annotation on a repository credentials Secret in [`NAMESPACE`]:
+/// comma-separated namespaces whose `Repository` objects may name it (`*`:
+/// all). Without it no namespace may, so one tenant cannot borrow another's
+/// credentials by guessing a Secret name. See
+/// [`crate::repository::secret_allows_namespace`].
+pub const ANNOTATION_ALLOWED_NAMESPACES: &str = "hoard.dev/allowed-namespaces";
 
 // ---------------------------------------------------------------------------
 // Opt-outs and self-identification
@@ -155,6 +187,18 @@ mod tests {
     fn marker_paths_are_relative_to_the_status_volume() {
         assert_eq!(restore_done_marker("1234-ab"), "1234-ab/done");
         assert_eq!(restore_failed_marker("1234-ab"), "1234-ab/failed");
+    }
+
+    #[test]
+    fn host_field_manager_is_per_host_and_bounded() {
+        assert_eq!(host_field_manager("host-3"), "hoard/host-3");
+        let long = "n".repeat(253);
+        assert_eq!(host_field_manager(&long).len(), MAX_FIELD_MANAGER_LEN);
+    }
+
+    #[test]
+    fn status_volume_subdir_names_the_volume() {
+        assert!(RESTORE_STATUS_POD_SUBDIR.ends_with(&format!("/{RESTORE_STATUS_VOLUME}")));
     }
 
     #[test]

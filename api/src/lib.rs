@@ -15,7 +15,8 @@
 //! - [`host`]: host naming; [`rules`]: restore-rule matching;
 //! - [`phase`]: session roll-up and Go duration strings;
 //! - [`schedule`], [`retention`], [`auto_backup`]: annotation/field parsers;
-//! - [`pvc`]: PVC names per ordinal; [`crds`]: the CRDs generated from the types.
+//! - [`pvc`]: PVC names per ordinal; [`crds`]: the CRDs generated from the types;
+//! - [`pod_security`]: the Pod Security `restricted` level checked on a pod spec.
 
 pub mod auto_backup;
 // kube's `printcolumn(...)` repeats `type_ = ...`, which clippy mistakes for
@@ -27,6 +28,7 @@ pub mod crds;
 pub mod host;
 pub mod keys;
 pub mod phase;
+pub mod pod_security;
 pub mod pvc;
 // kube's `printcolumn(...)` repeats `type_ = ...`, which clippy mistakes for
 // a duplicated attribute.

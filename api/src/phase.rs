@@ -5,6 +5,14 @@ use std::time::Duration;
 
 use crate::common::Phase;
 
+/// CEL rule for Go duration fields such as `timeOut` (RE2, as the API server
+/// evaluates it); [`parse_go_duration`] reads what it accepts.
+pub const GO_DURATION_CEL: &str = r"self.matches('^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)(([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))*$')";
+
+/// How long a session may run when its `timeOut` is not set: after it, hosts
+/// that have not reported are marked failed, and held pods stop waiting.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
 /// A session's phase and how many hosts finished.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RollUp {

@@ -71,12 +71,14 @@ pub struct WorkloadRef {
 }
 
 /// Status of a `Recovery`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoveryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
+    /// One entry per path, keyed by `path` (`x-kubernetes-list-type: map`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["path".into()]))]
     pub stats: Option<Vec<RestoreStats>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

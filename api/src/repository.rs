@@ -1,6 +1,14 @@
 //! `Repository` (v1beta1): where backups are stored. Exactly one backend is
-//! set; `storageSecretName` names the Secret (same namespace) holding
-//! `RESTIC_PASSWORD` and the backend's credentials.
+//! set; `storageSecretName` names the Secret holding `RESTIC_PASSWORD` and
+//! the backend's credentials.
+//!
+//! Unlike Stash, that Secret lives in Hoard's namespace (`hoard-system`), not
+//! the Repository's: Hoard reads Secrets only there, so credentials never
+//! leave it and Hoard needs no cluster-wide Secret access. The Secret's
+//! `hoard.dev/allowed-namespaces` annotation says which namespaces may use it
+//! ([`secret_allows_namespace`]).
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolumeClaimVolumeSource};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -53,9 +61,12 @@ pub struct RepositorySpec {
 #[x_kube(validation = Rule::new(
     "[has(self.local), has(self.s3), has(self.gcs), has(self.azure), has(self.swift), has(self.b2), has(self.rest)].filter(x, x).size() == 1"
 ).message("set exactly one backend: local, s3, gcs, azure, swift, b2 or rest"))]
+#[x_kube(validation = Rule::new("has(self.storageSecretName) && self.storageSecretName != ''")
+    .message("storageSecretName is required: the Secret (in hoard-system) holds RESTIC_PASSWORD and the backend's credentials"))]
 pub struct Backend {
-    /// Secret (same namespace) with `RESTIC_PASSWORD` and the backend's
-    /// credentials (e.g. `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+    /// Secret **in `hoard-system`** with `RESTIC_PASSWORD` and the backend's
+    /// credentials (e.g. `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`); its
+    /// `hoard.dev/allowed-namespaces` annotation must list this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_secret_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,9 +203,42 @@ impl Backend {
     }
 }
 
+/// `true` when a credentials Secret with these annotations may be used by a
+/// `Repository` in `namespace`: its `hoard.dev/allowed-namespaces` lists the
+/// namespace, or is `*`. No annotation: no namespace may.
+pub fn secret_allows_namespace(
+    annotations: Option<&BTreeMap<String, String>>,
+    namespace: &str,
+) -> bool {
+    annotations
+        .and_then(|a| a.get(crate::keys::ANNOTATION_ALLOWED_NAMESPACES))
+        .is_some_and(|v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|n| n == "*" || n == namespace)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_must_name_the_namespace() {
+        let ann = |v: &str| {
+            BTreeMap::from([(
+                crate::keys::ANNOTATION_ALLOWED_NAMESPACES.to_string(),
+                v.to_string(),
+            )])
+        };
+        assert!(!secret_allows_namespace(None, "demo"));
+        assert!(!secret_allows_namespace(Some(&BTreeMap::new()), "demo"));
+        assert!(secret_allows_namespace(Some(&ann("demo")), "demo"));
+        assert!(secret_allows_namespace(Some(&ann("prod, demo")), "demo"));
+        assert!(secret_allows_namespace(Some(&ann("*")), "demo"));
+        assert!(!secret_allows_namespace(Some(&ann("demo-2")), "demo"));
+        assert!(!secret_allows_namespace(Some(&ann("")), "demo"));
+    }
 
     #[test]
     fn backend_kind_needs_exactly_one_backend() {

@@ -12,6 +12,8 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::phase::GO_DURATION_CEL;
+
 use crate::common::{
     Driver, EmptyDirSettings, Phase, Progress, RepositoryRef, RuntimeSettings, TargetRef, TaskRef,
 };
@@ -27,6 +29,8 @@ use crate::common::{
     shortname = "restore",
     category = "hoard",
     doc = "Restore a Repository's snapshots into a workload's volumes (or new PVCs), host by host according to rules.",
+    // `kubectl get restore --field-selector spec.target.ref.name=<workload>`
+    selectable = ".spec.target.ref.name",
     printcolumn(
         name = "Repository",
         type_ = "string",
@@ -71,9 +75,24 @@ pub struct RestoreSessionSpec {
     pub runtime_settings: Option<RuntimeSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temp_dir: Option<EmptyDirSettings>,
+    /// Deadline of each session (Go duration, e.g. `30m`, `2h`; Stash's
+    /// `timeOut`). Hosts that have not finished by then are marked failed and
+    /// held pods stop waiting. Default: 1h.
+    // = crate::phase::DEFAULT_SESSION_TIMEOUT
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(GO_DURATION_CEL).message("timeOut must be a Go duration such as 30m, 2h or 1h30m"))]
+    #[schemars(length(max = 64))]
+    pub time_out: Option<String>,
 }
 
 impl RestoreSessionSpec {
+    /// `timeOut`, or the default when absent.
+    pub fn timeout(&self) -> Result<std::time::Duration, crate::phase::DurationError> {
+        self.time_out.as_deref().map_or(
+            Ok(crate::phase::DEFAULT_SESSION_TIMEOUT),
+            crate::phase::parse_go_duration,
+        )
+    }
     /// `driver`, `Restic` when absent.
     pub fn driver(&self) -> Driver {
         self.driver.unwrap_or_default()
@@ -93,7 +112,8 @@ pub struct RestoreTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_mounts: Option<Vec<VolumeMount>>,
     /// PVCs to create and restore into; `metadata.name` may contain
-    /// `${POD_ORDINAL}` (see [`crate::pvc::pvc_name_for_ordinal`]).
+    /// `${POD_ORDINAL}`, replaced by 0, 1, ... up to `replicas`.
+    // Rust: crate::pvc::pvc_names()
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_claim_templates: Option<Vec<PersistentVolumeClaim>>,
     /// How many ordinals of `volumeClaimTemplates` to create (StatefulSet).
@@ -126,7 +146,7 @@ pub struct RestoreRule {
 }
 
 /// Status of a `RestoreSession`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreSessionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,7 +159,12 @@ pub struct RestoreSessionStatus {
     /// Sum of the hosts' restore durations (seed 001), Go duration syntax.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_duration: Option<String>,
+    /// One entry per host, keyed by `hostname` (`x-kubernetes-list-type:
+    /// map`): with server-side apply, each agent owns its hosts' entries
+    /// (field manager `hoard/<host>`) and never overwrites another's.
+    // Rust: crate::keys::host_field_manager()
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["hostname".into()]))]
     pub stats: Option<Vec<HostRestoreStats>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -162,4 +187,12 @@ pub struct HostRestoreStats {
     /// Live progress while the host is `Running`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+}
+
+/// Replaces the entry of the same host in `stats`, or appends it.
+pub fn upsert_host_stats(stats: &mut Vec<HostRestoreStats>, entry: HostRestoreStats) {
+    match stats.iter_mut().find(|s| s.hostname == entry.hostname) {
+        Some(slot) => *slot = entry,
+        None => stats.push(entry),
+    }
 }
