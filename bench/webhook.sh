@@ -7,7 +7,9 @@
 # ReplicaSet) and sends pod-CREATE AdmissionReviews from
 # shared/fixtures/admission over TLS with keep-alive using `oha`
 # (crates.io: `cargo install oha`): first at a fixed 1,000 req/s, then flat
-# out. Prints p50/p99/max latency, throughput and the server's RSS.
+# out. Without oha it falls back to `wrk` (Debian: `apt-get install wrk`),
+# which cannot hold a fixed rate, so only the flat-out runs happen.
+# Prints p50/p99/max latency, throughput and the server's RSS.
 #
 # Usage: bench/webhook.sh [duration-seconds]   (OHA=/path/to/oha to override)
 set -euo pipefail
@@ -21,7 +23,10 @@ PORT="${PORT:-18443}"
 ADMIN_PORT="${ADMIN_PORT:-19090}"
 FIXTURES=shared/fixtures/admission
 [ -d "$FIXTURES" ] || FIXTURES=../shared/fixtures/admission
-command -v "$OHA" >/dev/null || { echo "oha not found: cargo install oha (or OHA=/path/to/oha)" >&2; exit 1; }
+if command -v "$OHA" >/dev/null; then GEN=oha
+elif command -v wrk >/dev/null; then GEN=wrk
+  echo "oha not found (cargo install oha): using wrk, flat-out runs only" >&2
+else echo "need oha (cargo install oha) or wrk (apt-get install wrk)" >&2; exit 1; fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build --release -q -p webhook --example bench-server
@@ -45,6 +50,31 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$SERVER_PID/status"; }
 echo "server ready: $((WORKLOADS * 2)) workloads cached, RSS $(( $(rss_kib) / 1024 )) MiB"
 
+run_wrk() { # label, fixture, connections
+  local label="$1" fixture="$2" conns="$3"
+  cat > "$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("$FIXTURES/$fixture", "rb"); wrk.body = f:read("*a"); f:close()
+LUA
+  wrk -t "$(( conns < 2 ? conns : 2 ))" -c "$conns" -d "${DURATION}s" --latency -s "$WORK/post.lua" \
+    "https://127.0.0.1:$PORT/mutate/pods?timeout=10s" > "$WORK/wrk.txt"
+  python3 - "$label" "$WORK/wrk.txt" <<'PY'
+import re, sys
+label, text = sys.argv[1], open(sys.argv[2]).read()
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+p = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", text, re.M))
+mx = re.search(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)", text, re.M).group(1)
+rps = re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+err = re.search(r"Socket errors: (.*)", text)
+print(f"{label:<34} {float(rps):>9.0f} req/s  p50 {ms(p['50']):.3f} ms  p99 {ms(p['99']):.3f} ms"
+      f"  max {ms(mx):.3f} ms  non-2xx {bad.group(1) if bad else 0}  {err.group(0) if err else ''}")
+PY
+}
+
 run() { # label, fixture, extra oha args...
   local label="$1" fixture="$2"; shift 2
   "$OHA" --no-tui --output-format json -z "${DURATION}s" -m POST \
@@ -63,12 +93,21 @@ print(f"{label:<34} {s['requestsPerSec']:>9.0f} req/s  p50 {ms(p['p50'])}  p99 {
 PY
 }
 
-echo "--- fixed rate 1000 req/s, ${DURATION}s, 10 connections"
-run "statefulset pod (patched-restore)" pod-create-statefulset-web-1.json -q 1000 -c 10
-run "bare pod (skipped)"                pod-create-dryrun.json            -q 1000 -c 10
-echo "--- flat out, ${DURATION}s, $CONNECTIONS connections"
-run "statefulset pod (patched-restore)" pod-create-statefulset-web-1.json -c "$CONNECTIONS"
-run "deployment pod (patched)"          pod-create-deployment.json        -c "$CONNECTIONS"
-run "bare pod (skipped)"                pod-create-dryrun.json            -c "$CONNECTIONS"
+if [ "$GEN" = oha ]; then
+  echo "--- oha: fixed rate 1000 req/s, ${DURATION}s, 10 connections"
+  run "statefulset pod (patched-restore)" pod-create-statefulset-web-1.json -q 1000 -c 10
+  run "bare pod (skipped)"                pod-create-dryrun.json            -q 1000 -c 10
+  echo "--- oha: flat out, ${DURATION}s, $CONNECTIONS connections"
+  run "statefulset pod (patched-restore)" pod-create-statefulset-web-1.json -c "$CONNECTIONS"
+  run "deployment pod (patched)"          pod-create-deployment.json        -c "$CONNECTIONS"
+  run "bare pod (skipped)"                pod-create-dryrun.json            -c "$CONNECTIONS"
+else
+  echo "--- wrk: flat out, ${DURATION}s, 2 threads"
+  for c in 1 "$CONNECTIONS"; do
+    run_wrk "statefulset pod (patched-restore) c=$c" pod-create-statefulset-web-1.json "$c"
+  done
+  run_wrk "deployment pod (patched) c=$CONNECTIONS" pod-create-deployment.json "$CONNECTIONS"
+  run_wrk "bare pod (skipped) c=$CONNECTIONS"       pod-create-dryrun.json     "$CONNECTIONS"
+fi
 echo "server RSS now $(( $(rss_kib) / 1024 )) MiB, peak $(( $(hwm_kib) / 1024 )) MiB"
 curl -fs "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -E '^hoard_webhook_reviews_total|^hoard_webhook_cache_objects'

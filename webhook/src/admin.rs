@@ -67,7 +67,9 @@ pub async fn serve(
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors and the like: do not spin.
                     debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },

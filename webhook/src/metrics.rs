@@ -115,6 +115,12 @@ impl Metrics {
         }
     }
 
+    /// Counts a request refused before it reached the decision (too large,
+    /// wrong content type, ...); it has no decision latency to record.
+    pub fn count(&self, outcome: Outcome) {
+        self.reviews.with_label_values(&[outcome.as_str()]).inc();
+    }
+
     pub fn cert_reload(&self, ok: bool) {
         self.cert_reloads
             .with_label_values(&[if ok { "ok" } else { "rejected" }])

@@ -125,7 +125,7 @@ impl Admission {
             return r;
         }
         let reject = |status, reason: &str| {
-            self.metrics.observe(Outcome::Invalid, 0.0, 0);
+            self.metrics.count(Outcome::Invalid);
             json(status, review::rejection(reason))
         };
         if !is_json(&parts) {

@@ -462,3 +462,29 @@ async fn http2_clients_are_answered_like_http1_clients() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn what_hoard_injects_passes_pod_security_restricted() {
+    let state = State::new();
+    state.apply_restore(
+        "demo",
+        restore("r", WorkloadKind::StatefulSet, "web", &[("data", "/d")]),
+    );
+    let server = TestServer::start(state).await;
+    let a = send(&server, &fixture("pod-create-statefulset-web-0.json")).await;
+    // The fixture's own busybox container is not restricted; judge only
+    // what Hoard added: its init-container and its volume.
+    let mut spec = a.pod.spec.clone().unwrap();
+    assert!(
+        !api::pod_security::restricted_violations(&spec).is_empty(),
+        "the checker flags the fixture's unrestricted app container"
+    );
+    spec.containers.clear();
+    spec.volumes = Some(vec![status_volume()]);
+    assert_eq!(spec.init_containers.as_ref().unwrap().len(), 1);
+    assert_eq!(
+        api::pod_security::restricted_violations(&spec),
+        Vec::<String>::new()
+    );
+    server.stop().await;
+}
