@@ -243,6 +243,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
+    {
+        // The controllers (schedules, session roll-up) run beside the
+        // admission server; only the Lease holder writes.
+        let (client, stop) = (client.clone(), stop.clone());
+        tasks.spawn(
+            async move {
+                match crate::controllers::run(client, stop.cancelled_owned()).await {
+                    Ok(()) => "controllers",
+                    Err(e) => {
+                        error!(error = %e, "controllers stopped");
+                        "controllers"
+                    }
+                }
+            }
+            .instrument(info_span!("controllers")),
+        );
+    }
+
     let failed = tokio::select! {
         () = shutdown_signal() => {
             info!("shutting down: draining connections");

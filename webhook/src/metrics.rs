@@ -144,7 +144,10 @@ impl Metrics {
         let mut buf = Vec::new();
         // Encoding into a Vec fails only on invalid metric families, which
         // the registry already rejected at registration.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        // The controllers register in the process-wide default registry.
+        let mut families = self.registry.gather();
+        families.extend(prometheus::gather());
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 }
