@@ -305,3 +305,20 @@ fn sigint_cancels_backup_with_exit_130() {
         &["backup", src.to_str().unwrap(), "--path", "/data"],
     ));
 }
+
+#[test]
+fn missing_source_is_named_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    ok(&hoard(&repo, "pw", &["init"]));
+    let missing = tmp.path().join("nope");
+    let o = hoard(
+        &repo,
+        "pw",
+        &["backup", missing.to_str().unwrap(), "--path", "/data"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+}
