@@ -244,10 +244,23 @@ pub fn main() -> i32 {
                 eprintln!("hoard: {e}");
                 return EXIT_INTERRUPTED;
             }
-            eprintln!("hoard: error: {e:#}");
+            eprintln!("hoard: error: {}", error_text(&e));
             EXIT_FAILURE
         }
     }
+}
+
+/// The error and its causes, skipping a cause whose text the message
+/// already ends with (engine errors embed their source in `Display`).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.ends_with(&c) {
+            msg = format!("{msg}: {c}");
+        }
+    }
+    msg
 }
 
 /// Runs one parsed command; `Ok` carries the exit code.

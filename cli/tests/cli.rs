@@ -238,3 +238,87 @@ fn password_file_and_key_add() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("HOARD_PASSWORD"));
 }
+
+/// Ctrl-C during a backup: exit 130, no snapshot, the repository stays
+/// valid for restic and the next backup succeeds.
+#[test]
+fn sigint_cancels_backup_with_exit_130() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // A large sparse file keeps the backup busy long enough to be interrupted.
+    let f = std::fs::File::create(src.join("sparse.img")).unwrap();
+    f.set_len(64 << 30).unwrap();
+    ok(&hoard(&repo, "pw", &["init"]));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .args([
+            "--repo",
+            repo.to_str().unwrap(),
+            "backup",
+            src.to_str().unwrap(),
+            "--path",
+            "/data",
+        ])
+        .env("HOARD_PASSWORD", "pw")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The backup holds a lock file while it runs: wait for that condition.
+    let locks = repo.join("locks");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_dir(&locks).unwrap().next().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backup never took its lock"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backup ended before it could be interrupted"
+        );
+        std::thread::yield_now();
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ok(&hoard(&repo, "pw", &["snapshots", "--json"]));
+    assert_eq!(out.trim(), "[]", "a cancelled backup writes no snapshot");
+    assert!(
+        std::fs::read_dir(&locks).unwrap().next().is_none(),
+        "lock removed"
+    );
+    std::fs::remove_file(src.join("sparse.img")).unwrap();
+    std::fs::write(src.join("small"), b"x").unwrap();
+    ok(&hoard(
+        &repo,
+        "pw",
+        &["backup", src.to_str().unwrap(), "--path", "/data"],
+    ));
+}
+
+#[test]
+fn missing_source_is_named_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    ok(&hoard(&repo, "pw", &["init"]));
+    let missing = tmp.path().join("nope");
+    let o = hoard(
+        &repo,
+        "pw",
+        &["backup", missing.to_str().unwrap(), "--path", "/data"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+}

@@ -669,7 +669,10 @@ fn base_node(sh: &Shared<'_>, name: &[u8], kind: NodeType, m: &Meta) -> Node {
     let mut n = Node::new(name.to_vec(), kind);
     n.mode = go_mode_from_st_mode(m.mode);
     n.mtime = time(m.mtime);
-    n.atime = time(m.atime);
+    // restic records atime = mtime unless run with --with-atime: reading a
+    // file moves its atime, so a real atime would make every backup's trees
+    // differ (and differ from restic's for the same data).
+    n.atime = n.mtime;
     n.ctime = time(m.ctime);
     n.uid = m.uid;
     n.gid = m.gid;

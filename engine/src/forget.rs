@@ -753,4 +753,70 @@ mod tests {
         assert_eq!(left[0].1.time, snaps[2].1.time, "the newest stays");
         assert!(repo.backend().list(FileType::Lock).unwrap().is_empty());
     }
+
+    /// restic's doc/060_forget.rst: a backup every day for 100 years and
+    /// `--keep-daily 7 --keep-weekly 5 --keep-monthly 12 --keep-yearly 75`
+    /// keeps 7 dailies, weeklies/monthlies/yearlies partly overlapping
+    /// them: every count is used up, and each period's *last* snapshot is
+    /// the one kept.
+    #[test]
+    fn doc_example_hundred_years_of_dailies() {
+        let start = NaiveDate::from_ymd_opt(1925, 1, 1).unwrap();
+        let end = NaiveDate::from_ymd_opt(2024, 12, 31).unwrap();
+        let template = snap("2000-01-01T00:00:00Z", "h", &["/data"], &[]).1;
+        let snaps: Vec<(Id, Snapshot)> = start
+            .iter_days()
+            .take_while(|d| *d <= end)
+            .map(|d| {
+                let mut s = template.clone();
+                s.time = d.and_hms_opt(12, 0, 0).unwrap().and_utc().fixed_offset();
+                (Id::hash(d.to_string().as_bytes()), s)
+            })
+            .collect();
+        let p = RetentionPolicy {
+            keep_daily: 7,
+            keep_weekly: 5,
+            keep_monthly: 12,
+            keep_yearly: 75,
+            ..Default::default()
+        };
+        let plan = plan_forget_at(&snaps, &p, GroupBy::default(), now());
+        let keep = &plan[0].keep;
+        let count = |r: &str| {
+            keep.iter()
+                .filter(|k| k.reasons.iter().any(|x| x == r))
+                .count()
+        };
+        assert_eq!(count("daily snapshot"), 7);
+        assert_eq!(count("weekly snapshot"), 5);
+        assert_eq!(count("monthly snapshot"), 12);
+        assert_eq!(count("yearly snapshot"), 75);
+        assert_eq!(keep.len() + plan[0].remove.len(), snaps.len());
+        // 2024-12-31 is a Tuesday: its week, Sunday the 29th, Dec 31 (month
+        // and year) overlap with the dailies, as the doc describes.
+        assert!((95..=99).contains(&keep.len()), "{}", keep.len());
+        for k in keep
+            .iter()
+            .filter(|k| k.reasons.iter().any(|x| x == "monthly snapshot"))
+        {
+            let next = k.time.date_naive().succ_opt().unwrap();
+            assert_eq!(
+                next.day(),
+                1,
+                "monthly keeps the month's last day: {}",
+                k.time
+            );
+        }
+        for k in keep
+            .iter()
+            .filter(|k| k.reasons.iter().any(|x| x == "yearly snapshot"))
+        {
+            assert_eq!((k.time.month(), k.time.day()), (12, 31), "{}", k.time);
+        }
+        let oldest_yearly = keep
+            .iter()
+            .rev()
+            .find(|k| k.reasons.iter().any(|x| x == "yearly snapshot"));
+        assert_eq!(oldest_yearly.unwrap().time.year(), 1950);
+    }
 }

@@ -106,6 +106,16 @@ pub fn make_dataset(root: &Path) {
         <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"bad\xffname \"q\"\\"),
     );
     fs::write(weird, b"weird").unwrap();
+    // owners (restore sets them when running as root, as the agent does)
+    std::os::unix::fs::lchown(root.join("small.txt"), Some(1234), Some(5678)).unwrap();
+    std::os::unix::fs::lchown(root.join("link"), Some(4321), Some(8765)).unwrap();
+    // a character device like /dev/null
+    let st = std::process::Command::new("mknod")
+        .arg(root.join("null"))
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mknod needs root (CAP_MKNOD)");
     set_mtime(&root.join("small.txt"), 1_600_000_000, 123_456_789);
     set_mtime(&root.join("dir"), 1_500_000_000, 5);
 }
@@ -119,6 +129,27 @@ pub fn set_mtime(p: &Path, secs: i64, nanos: u32) {
         last_modification: rustix::fs::Timespec {
             tv_sec: secs,
             tv_nsec: nanos.into(),
+        },
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &t,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+/// Set atime and mtime separately (nanoseconds 0).
+pub fn set_times(p: &Path, atime: i64, mtime: i64) {
+    let t = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: atime,
+            tv_nsec: 0,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: mtime,
+            tv_nsec: 0,
         },
     };
     rustix::fs::utimensat(
@@ -183,8 +214,16 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     assert_eq!(groups(a, &la), groups(b, &lb), "hard-link groups differ");
 }
 
-/// (relative path, type, mode, mtime, content/linktarget, xattr)
-pub type Entry = (String, String, u32, (i64, i64), Vec<u8>, Option<Vec<u8>>);
+/// (relative path, type, mode, mtime, content/linktarget, xattr, (uid, gid, rdev))
+pub type Entry = (
+    String,
+    String,
+    u32,
+    (i64, i64),
+    Vec<u8>,
+    Option<Vec<u8>>,
+    (u32, u32, u64),
+);
 
 pub fn listing(root: &Path) -> Vec<Entry> {
     let mut out = Vec::new();
@@ -228,6 +267,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<Entry>) {
             } else {
                 None
             },
+            (md.uid(), md.gid(), md.rdev()),
         ));
         if ft.is_dir() {
             walk(root, &p, out);
