@@ -433,6 +433,15 @@ fn add_restore_wait(
     cfg: &InjectConfig,
     warnings: &mut Vec<String>,
 ) {
+    // A pod without a spec cannot be held (and the API server rejects it
+    // anyway); a patch under /spec would not apply to it.
+    if pod.spec.is_none() {
+        warnings.push(format!(
+            "hoard: RestoreSession {} cannot hold a pod that has no spec",
+            r.name
+        ));
+        return;
+    }
     let known: Vec<_> = pod_volume_names(pod).collect();
     let mut mounts = Vec::new();
     for m in &r.volume_mounts {

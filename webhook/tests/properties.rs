@@ -82,3 +82,15 @@ proptest! {
         answer_ok(&serde_json::to_vec(&review).unwrap())?;
     }
 }
+
+/// Regression (found by the corrupted-fixture property): a Deployment pod
+/// owed a restore whose `spec` key is damaged decodes as a pod without a
+/// spec; the answer must still carry a patch that applies.
+#[test]
+fn a_pod_without_a_spec_gets_a_patch_that_applies() {
+    let mut review = common::fixture(FIXTURES[1]);
+    let obj = review["request"]["object"].as_object_mut().unwrap();
+    let spec = obj.remove("spec").unwrap();
+    obj.insert("spe ".into(), spec);
+    answer_ok(&serde_json::to_vec(&review).unwrap()).unwrap();
+}
