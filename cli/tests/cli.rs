@@ -322,3 +322,100 @@ fn missing_source_is_named_once() {
     assert!(err.contains(missing.to_str().unwrap()), "{err}");
     assert_eq!(err.matches("No such file").count(), 1, "{err}");
 }
+
+/// Bytes that neither compress nor deduplicate (xorshift), so a backup
+/// writes packs at a steady pace.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn sigkill_mid_backup_leaves_a_repository_restic_accepts_and_the_next_backup_succeeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..4u64 {
+        std::fs::write(src.join(format!("f{i}")), noise(24 << 20, i + 1)).unwrap();
+    }
+    let pw = tmp.path().join("pw");
+    std::fs::write(&pw, "pw\n").unwrap();
+    ok(&hoard(&repo, "pw", &["init"]));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .args(["--repo", repo.to_str().unwrap(), "-q", "backup"])
+        .arg(&src)
+        .args(["--host", "h", "--path", "/data"])
+        .env("HOARD_PASSWORD", "pw")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once it holds its lock and has uploaded at least one pack.
+    let packs = |repo: &Path| -> usize {
+        std::fs::read_dir(repo.join("data"))
+            .unwrap()
+            .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while packs(&repo) == 0 || std::fs::read_dir(repo.join("locks")).unwrap().count() == 0 {
+        assert!(std::time::Instant::now() < deadline, "backup wrote no pack");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backup ended before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        std::fs::read_dir(repo.join("locks")).unwrap().count() > 0,
+        "the killed backup left its lock behind"
+    );
+
+    // The next backup clears the dead process's lock and succeeds.
+    ok(&hoard(
+        &repo,
+        "pw",
+        &[
+            "backup",
+            src.to_str().unwrap(),
+            "--host",
+            "h",
+            "--path",
+            "/data",
+        ],
+    ));
+    assert_eq!(
+        std::fs::read_dir(repo.join("locks")).unwrap().count(),
+        0,
+        "no lock left after a clean backup"
+    );
+    let check = Command::new("restic")
+        .args(["-r", repo.to_str().unwrap(), "--password-file"])
+        .arg(&pw)
+        .args(["--no-cache", "check", "--read-data"])
+        .output()
+        .expect("restic is installed by scripts/install-deps");
+    assert!(
+        check.status.success(),
+        "restic check failed:\n{}\n{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let target = tmp.path().join("out");
+    ok(&hoard(
+        &repo,
+        "pw",
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    ));
+    assert_same_tree(&src, &target.join("data"));
+}

@@ -122,6 +122,10 @@ impl LockGuard {
     /// exists (checked before and after writing ours, as restic does, to
     /// catch a racing client).
     pub fn acquire(backend: Arc<dyn Backend>, key: &Key, exclusive: bool) -> Result<LockGuard> {
+        // A lock left by a crashed or killed process (restic's or ours) would
+        // otherwise block `restic check`/`prune` until someone runs `unlock`:
+        // remove the ones restic itself would call stale, each logged.
+        crate::lock_stale::remove_stale_locks(&*backend, key)?;
         if let Some(l) = conflict(&other_locks(&*backend, key, None)?, exclusive) {
             return Err(Error::Locked {
                 holder: l.describe(),
