@@ -273,12 +273,13 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Snapshots(f) => cmd_snapshots(cli, &open(cli, backend()?)?, f),
         Command::Ls(a) => cmd_ls(cli, &open(cli, backend()?)?, a),
         Command::Key(k) => cmd_key(cli, &open(cli, backend()?)?, k),
-        // The agent reads its repositories from the cluster, not from --repo;
-        // a fatal error is already logged and in the termination log.
-        Command::Agent(a) => {
-            nodeagent::run((**a).clone())?;
-            Ok(EXIT_OK)
-        }
+        // The agent reads its repositories from the cluster, not from --repo.
+        // A fatal error is already logged and in the termination log, so it
+        // only becomes the exit code here (not a second copy on stderr).
+        Command::Agent(a) => Ok(match nodeagent::run((**a).clone()) {
+            Ok(()) => EXIT_OK,
+            Err(_) => EXIT_FAILURE,
+        }),
     }
 }
 
