@@ -324,7 +324,18 @@ async fn setup(kubeconfig: PathBuf) -> anyhow::Result<Arc<Env>> {
         })
         .collect();
     for n in &nodes {
-        std::fs::create_dir_all(n.kubelet_root.join("pods"))?;
+        if fake_kubelet {
+            std::fs::create_dir_all(n.kubelet_root.join("pods"))?;
+        } else {
+            anyhow::ensure!(
+                n.kubelet_root.join("pods").is_dir(),
+                "the cluster has kubelets, but their pods directory {} is not on this machine: \
+                 the local agents and the suite must see the kubelet's volumes. Run the suite on \
+                 the node (HOARD_E2E_KUBELET_ROOT=<its kubelet root>), or let it play the kubelet \
+                 on its own test nodes with HOARD_E2E_FAKE_KUBELET=1 (see tests/README.md)",
+                n.kubelet_root.join("pods").display()
+            );
+        }
     }
 
     let mut procs = Vec::new();
@@ -393,6 +404,7 @@ async fn setup(kubeconfig: PathBuf) -> anyhow::Result<Arc<Env>> {
                 ("KUBECONFIG", kc.clone()),
                 ("POD_NAMESPACE", hoard_ns.clone()),
                 ("RUST_LOG", log_filter()),
+                ("HOARD_LOG", log_filter()),
             ],
             &logs,
         )?;
@@ -521,6 +533,9 @@ async fn test_nodes(client: &Client, run_id: &str) -> anyhow::Result<(bool, Vec<
                 },
                 "annotations": { "hoard.dev/e2e-fake": "the hoard e2e suite plays this node's kubelet" },
             },
+            // Only the suite's pods (which tolerate it) land here, should
+            // the cluster have a scheduler after all.
+            "spec": { "taints": [{ "key": TEST_NODE_LABEL, "value": "fake", "effect": "NoSchedule" }] },
         });
         api.patch(
             name,

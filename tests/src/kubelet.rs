@@ -69,6 +69,7 @@ impl FakeKubelet {
             ns,
             next: AtomicUsize::new(0),
             started: Mutex::new(HashSet::new()),
+            bound: Mutex::new(HashSet::new()),
             holds: holds.clone(),
         };
         let task = tokio::spawn(Arc::new(k).run());
@@ -209,6 +210,7 @@ struct Kubelet {
     ns: String,
     next: AtomicUsize,
     started: Mutex<HashSet<String>>,
+    bound: Mutex<HashSet<String>>,
     holds: Arc<Mutex<BTreeMap<String, HoldRecord>>>,
 }
 
@@ -239,7 +241,24 @@ impl Kubelet {
         let name = pod.name_any();
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
         let Some(node) = node else {
+            let uid = pod.uid().context("pod without uid")?;
+            let first = self
+                .bound
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .insert(uid);
+            if !first {
+                return Ok(());
+            }
             let node = self.choose_node(&pod);
+            if !self.env.nodes.iter().any(|n| n.name == node) {
+                return Ok(());
+            }
+            // The volume directories exist before the pod is bound, so an
+            // agent that reacts to the binding never finds them missing.
+            if let Err(e) = self.prepare_volumes(&pod, &node).await {
+                eprintln!("fake kubelet: volumes of pod {name}: {e:#}");
+            }
             let binding = json!({
                 "apiVersion": "v1",
                 "kind": "Binding",
@@ -308,8 +327,24 @@ impl Kubelet {
         })
     }
 
-    async fn start_pod(self: Arc<Self>, pod: Pod) -> anyhow::Result<()> {
-        let dir = pod_dir(&self.env, &pod)?;
+    /// Creates the pod's volume directories under `node`'s kubelet root, as
+    /// the kubelet lays them out; returns the data volumes (all but Hoard's
+    /// status volume) and their directories.
+    async fn prepare_volumes(
+        &self,
+        pod: &Pod,
+        node: &str,
+    ) -> anyhow::Result<Vec<(String, PathBuf)>> {
+        let root = &self
+            .env
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .with_context(|| format!("{node} is not a test node"))?
+            .kubelet_root;
+        let dir = root
+            .join("pods")
+            .join(pod.uid().context("pod without uid")?);
         let spec = pod.spec.clone().unwrap_or_default();
         let mut data_volumes = Vec::new();
         for v in spec.volumes.iter().flatten() {
@@ -333,6 +368,14 @@ impl Kubelet {
                 data_volumes.push((v.name.clone(), dir.join(rel)));
             }
         }
+        Ok(data_volumes)
+    }
+
+    async fn start_pod(self: Arc<Self>, pod: Pod) -> anyhow::Result<()> {
+        let dir = pod_dir(&self.env, &pod)?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let node = spec.node_name.clone().unwrap_or_default();
+        let data_volumes = self.prepare_volumes(&pod, &node).await?;
         let inits = spec.init_containers.clone().unwrap_or_default();
         let held = inits
             .first()
@@ -467,7 +510,6 @@ impl Kubelet {
         let cond = |t: &str, ok: bool| json!({ "type": t, "status": if ok { "True" } else { "False" }, "lastTransitionTime": now });
         let patch = json!({ "status": {
             "phase": phase,
-            "hostIP": "127.0.0.1",
             "startTime": now,
             "conditions": [
                 cond("PodScheduled", true),

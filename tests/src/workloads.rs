@@ -15,10 +15,15 @@ use crate::{REPO_NAME, TestCtx};
 pub const DATA_VOLUME: &str = "data";
 pub const DATA_PATH: &str = "/data";
 
-/// A pod template with one emptyDir `data` volume at `/data`, tolerating
-/// every taint (fake nodes may be marked not-ready between heartbeats).
-pub fn pod_template(app: &str, annotations: Value) -> Value {
-    json!({
+/// Scheduler name of the suite's pods when it plays the scheduler: a
+/// cluster's own scheduler leaves them alone.
+pub const SCHEDULER: &str = "hoard-e2e";
+
+/// A pod template with one emptyDir `data` volume at `/data`, on the test
+/// nodes only, tolerating every taint (fake nodes are tainted so that no
+/// other pod lands on them, and may be marked not-ready between heartbeats).
+pub fn pod_template(t: &TestCtx, app: &str, annotations: Value) -> Value {
+    let mut tpl = json!({
         "metadata": { "labels": { "app": app }, "annotations": annotations },
         "spec": {
             "terminationGracePeriodSeconds": 0,
@@ -30,11 +35,16 @@ pub fn pod_template(app: &str, annotations: Value) -> Value {
                 "volumeMounts": [{ "name": DATA_VOLUME, "mountPath": DATA_PATH }],
             }],
             "volumes": [{ "name": DATA_VOLUME, "emptyDir": {} }],
+            "nodeSelector": { TEST_NODE_LABEL: "true" },
         },
-    })
+    });
+    if t.env.fake_kubelet {
+        tpl["spec"]["schedulerName"] = json!(SCHEDULER);
+    }
+    tpl
 }
 
-pub fn statefulset(name: &str, replicas: i32) -> anyhow::Result<StatefulSet> {
+pub fn statefulset(t: &TestCtx, name: &str, replicas: i32) -> anyhow::Result<StatefulSet> {
     Ok(serde_json::from_value(json!({
         "metadata": { "name": name },
         "spec": {
@@ -43,26 +53,30 @@ pub fn statefulset(name: &str, replicas: i32) -> anyhow::Result<StatefulSet> {
             // Parallel: the pods do not wait for each other, only for their data.
             "podManagementPolicy": "Parallel",
             "selector": { "matchLabels": { "app": name } },
-            "template": pod_template(name, json!({})),
+            "template": pod_template(t, name, json!({})),
         },
     }))?)
 }
 
-pub fn deployment(name: &str, replicas: i32, annotations: Value) -> anyhow::Result<Deployment> {
+pub fn deployment(
+    t: &TestCtx,
+    name: &str,
+    replicas: i32,
+    annotations: Value,
+) -> anyhow::Result<Deployment> {
     Ok(serde_json::from_value(json!({
         "metadata": { "name": name },
         "spec": {
             "replicas": replicas,
             "selector": { "matchLabels": { "app": name } },
-            "template": pod_template(name, annotations),
+            "template": pod_template(t, name, annotations),
         },
     }))?)
 }
 
 /// A DaemonSet on the test nodes only.
-pub fn daemonset(name: &str) -> anyhow::Result<DaemonSet> {
-    let mut tpl = pod_template(name, json!({}));
-    tpl["spec"]["nodeSelector"] = json!({ TEST_NODE_LABEL: "true" });
+pub fn daemonset(t: &TestCtx, name: &str) -> anyhow::Result<DaemonSet> {
+    let tpl = pod_template(t, name, json!({}));
     Ok(serde_json::from_value(json!({
         "metadata": { "name": name },
         "spec": {
@@ -159,7 +173,7 @@ pub async fn probe_pod(t: &TestCtx, kind: &str, name: &str) -> anyhow::Result<Po
                 "uid": "00000000-0000-0000-0000-000000000000", "controller": true,
             }],
         },
-        "spec": pod_template(name, json!({}))["spec"].clone(),
+        "spec": pod_template(t, name, json!({}))["spec"].clone(),
     });
     pod["spec"]["nodeName"] = json!(node);
     let pod: Pod = serde_json::from_value(pod)?;

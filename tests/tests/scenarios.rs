@@ -262,7 +262,7 @@ async fn statefulset_scheduled_backup_succeeds_with_three_hosts_and_restic_resto
         )
         .await?;
         t.api::<StatefulSet>()
-            .create(&pp(), &workloads::statefulset("web", 3)?)
+            .create(&pp(), &workloads::statefulset(&t, "web", 3)?)
             .await?;
         let pods = running_pods(&t, "web", 3).await?;
         let mut want = BTreeMap::new();
@@ -347,7 +347,7 @@ async fn backed_up_source(t: &TestCtx) -> anyhow::Result<BTreeMap<String, Files>
     })
     .await?;
     t.api::<StatefulSet>()
-        .create(&pp(), &workloads::statefulset("source", 3)?)
+        .create(&pp(), &workloads::statefulset(t, "source", 3)?)
         .await?;
     let mut data = BTreeMap::new();
     for p in running_pods(t, "source", 3).await? {
@@ -391,7 +391,7 @@ async fn seed_001_restore_into_five_replicas_holds_each_pod_until_its_data_is_ba
         })
         .await?;
         t.api::<StatefulSet>()
-            .create(&pp(), &workloads::statefulset("recovered", 5)?)
+            .create(&pp(), &workloads::statefulset(&t, "recovered", 5)?)
             .await?;
         let pods = running_pods(&t, "recovered", 5).await?;
         let from = |host: &str| match host {
@@ -491,7 +491,7 @@ async fn daemonset_hosts_are_named_after_their_nodes() {
         )
         .await?;
         t.api::<DaemonSet>()
-            .create(&pp(), &workloads::daemonset("agents")?)
+            .create(&pp(), &workloads::daemonset(&t, "agents")?)
             .await?;
         let pods = running_pods(&t, "agents", nodes.len()).await?;
         let mut want = BTreeMap::new();
@@ -542,7 +542,7 @@ async fn deployment_on_two_nodes_is_backed_up_once_as_host_0() {
         )
         .await?;
         t.api::<Deployment>()
-            .create(&pp(), &workloads::deployment("app", 2, json!({}))?)
+            .create(&pp(), &workloads::deployment(&t, "app", 2, json!({}))?)
             .await?;
         let pods = running_pods(&t, "app", 2).await?;
         let nodes: BTreeSet<_> = pods
@@ -596,7 +596,7 @@ async fn auto_backup_annotation_creates_a_configuration_owned_by_the_workload() 
         });
         let d = t
             .api::<Deployment>()
-            .create(&pp(), &workloads::deployment("notes", 1, ann)?)
+            .create(&pp(), &workloads::deployment(&t, "notes", 1, ann)?)
             .await?;
         let uid = d.uid().context("no uid")?;
         let cfgs = wait::until(
@@ -661,7 +661,7 @@ async fn retention_keeps_the_last_two_snapshots_per_host() {
         })
         .await?;
         t.api::<StatefulSet>()
-            .create(&pp(), &workloads::statefulset("db", 2)?)
+            .create(&pp(), &workloads::statefulset(&t, "db", 2)?)
             .await?;
         let pods = running_pods(&t, "db", 2).await?;
         for round in 0..5 {
@@ -701,7 +701,7 @@ async fn wrong_repository_password_fails_the_session_with_a_password_error() {
         })
         .await?;
         t.api::<StatefulSet>()
-            .create(&pp(), &workloads::statefulset("web", 1)?)
+            .create(&pp(), &workloads::statefulset(&t, "web", 1)?)
             .await?;
         running_pods(&t, "web", 1).await?;
         let s = instant_backup(&t, "web-backup").await?;
@@ -768,7 +768,7 @@ async fn pods_are_created_while_the_webhook_is_down() {
         whs.create(&pp(), &cfg).await?;
         let outcome = async {
             t.api::<Deployment>()
-                .create(&pp(), &workloads::deployment("plain", 1, json!({}))?)
+                .create(&pp(), &workloads::deployment(&t, "plain", 1, json!({}))?)
                 .await?;
             running_pods(&t, "plain", 1).await
         }
