@@ -642,3 +642,41 @@ async fn sweep(client: &Client, run_id: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without the guard a webhook or agent would outlive a killed test run
+    /// (statics are never dropped) and hold its ports and watches.
+    #[test]
+    fn a_guarded_process_stops_when_its_pipe_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = spawn(
+            "sleeper",
+            Path::new("sleep"),
+            &["1000".into()],
+            &[],
+            dir.path(),
+        )
+        .unwrap();
+        assert!(p.child.try_wait().unwrap().is_none(), "the child runs");
+        let Proc {
+            mut child, _guard, ..
+        } = p;
+        drop(_guard);
+        let st = child.wait().unwrap();
+        // sh reports the child's SIGTERM as 128+15.
+        assert_eq!(st.code(), Some(143), "{st:?}");
+    }
+
+    /// A process that ends by itself is seen as exited (the readiness wait
+    /// reports it with its log instead of waiting out the timeout).
+    #[test]
+    fn a_guarded_process_that_exits_is_seen_exited() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = spawn("false", Path::new("false"), &[], &[], dir.path()).unwrap();
+        let st = p.child.wait().unwrap();
+        assert_eq!(st.code(), Some(1));
+    }
+}

@@ -32,26 +32,29 @@ where
     if let Some(l) = labels {
         cfg = cfg.labels(l);
     }
-    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff())
-        .touched_objects()
-        .boxed();
-    let reader2 = reader.clone();
+    let mut stream = reflector::reflector(writer, watcher(api, cfg).default_backoff()).boxed();
+    let state = reader.clone();
     let watch = async move {
-        let mut stream = stream;
-        // The store is complete after the first list; check after it and
-        // after every change.
-        let _ = reader2.wait_until_ready().await;
-        loop {
-            let objs = reader2.state();
-            if done(&objs) {
-                return objs;
+        // The store is complete once the first list is in (InitDone); check
+        // then and after every later change. Watch errors are retried with
+        // backoff by the watcher; they show in the test's output.
+        let mut listed = false;
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::InitDone) => listed = true,
+                Ok(_) => {}
+                Err(e) => eprintln!("watch for {what}: {e}"),
             }
-            if stream.next().await.is_none() {
-                // The watch ended (it does not without an error budget);
-                // keep the last state for the report.
-                std::future::pending::<()>().await;
+            if listed {
+                let objs = state.state();
+                if done(&objs) {
+                    return objs;
+                }
             }
         }
+        // Unreachable with default_backoff (the watcher retries forever);
+        // let the timeout report the last state.
+        std::future::pending::<Vec<Arc<K>>>().await
     };
     match tokio::time::timeout(timeout, watch).await {
         Ok(objs) => Ok(objs),
