@@ -272,6 +272,10 @@ impl Kubelet {
                 .await
             {
                 eprintln!("fake kubelet: cannot bind pod {name} to {node}: {e}");
+                // Let the pod's next event try again.
+                if let (Ok(mut b), Some(uid)) = (self.bound.lock(), pod.uid()) {
+                    b.remove(&uid);
+                }
             }
             return Ok(());
         };
