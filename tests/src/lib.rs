@@ -37,8 +37,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::wait::await_condition;
 use kube::{Client, Config};
 
 pub use env::Env;
@@ -257,10 +258,25 @@ async fn create_namespace(client: &Client, env: &Env, test: &str) -> anyhow::Res
         .create(&PostParams::default(), &ns)
         .await
         .context("cannot create the test namespace")?;
-    created
+    let name = created
         .metadata
         .name
-        .context("the API server returned a namespace without a name")
+        .context("the API server returned a namespace without a name")?;
+    // Pods are refused until the service account controller has created the
+    // namespace's default ServiceAccount.
+    let sas = Api::<ServiceAccount>::namespaced(client.clone(), &name);
+    let limit = Duration::from_secs(60);
+    tokio::time::timeout(
+        limit,
+        await_condition(sas, "default", |sa: Option<&ServiceAccount>| sa.is_some()),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "namespace {name} got no default ServiceAccount within {limit:?}; is kube-controller-manager running (with --service-account-private-key-file)?"
+        )
+    })??;
+    Ok(name)
 }
 
 async fn cleanup(client: &Client, env: &Env, ns: &str) {

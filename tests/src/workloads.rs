@@ -207,15 +207,16 @@ where
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        let pod = probe_pod(t, kind, name).await?;
-        if ok(&pod) {
-            return Ok(());
-        }
+        let last = match probe_pod(t, kind, name).await {
+            Ok(pod) if ok(&pod) => return Ok(()),
+            Ok(pod) => format!("the last dry-run pod: {:?}", pod.metadata),
+            // e.g. the namespace's default ServiceAccount not created yet
+            Err(e) => format!("the last dry run failed: {e:#}"),
+        };
         anyhow::ensure!(
             start.elapsed() < limit,
-            "the webhook ({}) did not {what} within {limit:?}; the last dry-run pod: {:?}",
+            "the webhook ({}) did not {what} within {limit:?}; {last}",
             t.env.webhook_url,
-            pod.metadata
         );
     }
 }
