@@ -22,6 +22,7 @@ use anyhow::Context;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
@@ -339,7 +340,21 @@ async fn setup(kubeconfig: PathBuf) -> anyhow::Result<Arc<Env>> {
     }
 
     let mut procs = Vec::new();
-    let kc = kubeconfig.display().to_string();
+    // The processes' credentials: the ServiceAccounts of manifests/base.
+    let (webhook_kc, agent_kc) = if crate::rbac::admin_credentials() {
+        (kubeconfig.clone(), kubeconfig.clone())
+    } else {
+        let manifests = workspace_dir().join("manifests");
+        crate::rbac::apply_rbac(&client, &manifests, &hoard_ns, &run_id).await?;
+        let dir = work.path();
+        (
+            crate::rbac::kubeconfig_for(&client, &kubeconfig, &hoard_ns, "hoard-webhook", dir)
+                .await?,
+            crate::rbac::kubeconfig_for(&client, &kubeconfig, &hoard_ns, "hoard-agent", dir)
+                .await?,
+        )
+    };
+    let kc = webhook_kc.display().to_string();
 
     // The webhook, with a CA and serving certificate from the certs crate.
     let host = std::env::var("HOARD_E2E_WEBHOOK_HOST").unwrap_or_else(|_| "127.0.0.1".into());
@@ -401,7 +416,7 @@ async fn setup(kubeconfig: PathBuf) -> anyhow::Result<Arc<Env>> {
                 "--progress-interval-secs=1".into(),
             ],
             &[
-                ("KUBECONFIG", kc.clone()),
+                ("KUBECONFIG", agent_kc.display().to_string()),
                 ("POD_NAMESPACE", hoard_ns.clone()),
                 ("RUST_LOG", log_filter()),
                 ("HOARD_LOG", log_filter()),
@@ -607,7 +622,7 @@ async fn register_webhook(
 }
 
 /// Deletes what killed runs left behind: labelled namespaces, webhook
-/// configurations and nodes of other runs older than [`STALE_AFTER`].
+/// configurations, cluster roles and bindings, and nodes of other runs older than [`STALE_AFTER`].
 async fn sweep(client: &Client, run_id: &str) {
     let lp = ListParams::default().labels(E2E_LABEL);
     let stale = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
@@ -633,6 +648,18 @@ async fn sweep(client: &Client, run_id: &str) {
     if let Ok(list) = whs.list(&lp).await {
         for o in list.items.iter().filter(|o| stale(&o.metadata)) {
             let _ = whs.delete(&o.name_any(), &dp).await;
+        }
+    }
+    let crs = Api::<ClusterRole>::all(client.clone());
+    if let Ok(list) = crs.list(&lp).await {
+        for o in list.items.iter().filter(|o| stale(&o.metadata)) {
+            let _ = crs.delete(&o.name_any(), &dp).await;
+        }
+    }
+    let crbs = Api::<ClusterRoleBinding>::all(client.clone());
+    if let Ok(list) = crbs.list(&lp).await {
+        for o in list.items.iter().filter(|o| stale(&o.metadata)) {
+            let _ = crbs.delete(&o.name_any(), &dp).await;
         }
     }
     let nodes = Api::<Node>::all(client.clone());

@@ -28,6 +28,7 @@
 pub mod dump;
 pub mod env;
 pub mod kubelet;
+pub mod rbac;
 pub mod wait;
 pub mod workloads;
 
