@@ -467,7 +467,7 @@ async fn apply_crds(client: &Client) -> anyhow::Result<()> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let mut names = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v = serde_yaml::Value::deserialize(doc)?;
+        let v: serde_yaml::Value = serde::Deserialize::deserialize(doc)?;
         if v.is_null() {
             continue;
         }
@@ -490,8 +490,6 @@ async fn apply_crds(client: &Client) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-use serde::Deserialize as _;
 
 /// The nodes the tests run on. Without any Ready node the suite creates its
 /// own Node objects and plays their kubelet (`HOARD_E2E_FAKE_KUBELET=1|0`

@@ -68,6 +68,11 @@ pub fn kubeconfig() -> Option<PathBuf> {
 
 /// A client for the cluster the kubeconfig names.
 pub async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
+    anyhow::ensure!(
+        !kubeconfig.as_os_str().to_string_lossy().contains(':'),
+        "KUBECONFIG={} lists several files; set HOARD_E2E_KUBECONFIG to the one naming the test cluster",
+        kubeconfig.display()
+    );
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("cannot read kubeconfig {}", kubeconfig.display()))?;
     let mut cfg = Config::from_custom_kubeconfig(kc, &Default::default())
