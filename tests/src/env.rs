@@ -77,6 +77,8 @@ pub struct Env {
     /// MutatingWebhookConfiguration of this run.
     pub webhook_config: String,
     procs: Mutex<Vec<Proc>>,
+    /// Deletes the run's cluster objects when the test process ends.
+    _janitor: Option<Proc>,
     _work: tempfile::TempDir,
 }
 
@@ -236,6 +238,32 @@ fn spawn(
     let guard = child.stdin.take().context("no stdin pipe")?;
     Ok(Proc {
         name: name.to_owned(),
+        child,
+        log,
+        _guard: guard,
+    })
+}
+
+/// `kubectl <args>`, then removal of the work directory `work`, once the
+/// pipe closes (the test process ended).
+fn janitor(args: &[String], logs: &Path, work: &Path) -> anyhow::Result<Proc> {
+    let log = logs.join("janitor.log");
+    let out = std::fs::File::create(&log)?;
+    let err = out.try_clone()?;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"read _; kubectl "$@"; rm -rf -- "$HOARD_E2E_WORK""#)
+        .arg("sh")
+        .args(args)
+        .env("HOARD_E2E_WORK", work)
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .context("cannot start the janitor")?;
+    let guard = child.stdin.take().context("no stdin pipe")?;
+    Ok(Proc {
+        name: "janitor".into(),
         child,
         log,
         _guard: guard,
@@ -426,6 +454,32 @@ async fn setup(kubeconfig: PathBuf) -> anyhow::Result<Arc<Env>> {
         await_ready(&mut agent, admin).await?;
         procs.push(agent);
     }
+    // Statics are never dropped: the run's cluster objects are deleted by a
+    // guarded kubectl once this process ends (what it cannot delete, the
+    // next run sweeps).
+    let janitor = if crate::keep() {
+        None
+    } else {
+        let mut objects = vec![
+            format!("mutatingwebhookconfiguration/{webhook_config}"),
+            format!("namespace/{hoard_ns}"),
+        ];
+        for n in ["hoard-webhook", "hoard-agent"] {
+            objects.push(format!("clusterrolebinding/{n}-{run_id}"));
+            objects.push(format!("clusterrole/{n}-{run_id}"));
+        }
+        if fake_kubelet {
+            objects.extend(nodes.iter().map(|n| format!("node/{}", n.name)));
+        }
+        let mut args = vec![
+            format!("--kubeconfig={}", kubeconfig.display()),
+            "delete".into(),
+            "--ignore-not-found".into(),
+            "--wait=false".into(),
+        ];
+        args.extend(objects);
+        janitor(&args, &logs, work.path()).ok()
+    };
     eprintln!(
         "e2e: run {run_id}: webhook {webhook_url}, nodes {:?} ({}), logs in {}",
         nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
@@ -449,6 +503,7 @@ async fn setup(kubeconfig: PathBuf) -> anyhow::Result<Arc<Env>> {
         webhook_url,
         webhook_config,
         procs: Mutex::new(procs),
+        _janitor: janitor,
         _work: work,
     }))
 }
