@@ -614,7 +614,7 @@ async fn a_missing_crd_is_reported_plainly() {
         .await;
         api.done().await;
     });
-    let err = super::run(client, std::future::pending())
+    let err = super::run(client, super::Settings::default(), std::future::pending())
         .await
         .unwrap_err();
     server.await.unwrap();
