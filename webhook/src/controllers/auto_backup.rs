@@ -227,7 +227,6 @@ pub fn plan_auto_backup(
                     .repository
                     .clone()
                     .unwrap_or_else(|| settings.default_repository.clone()),
-                ..Default::default()
             },
             schedule: Some(
                 auto.schedule

@@ -723,3 +723,658 @@ pub async fn reconcile(rs: Arc<RestoreSession>, ctx: Arc<Context>) -> Result<Act
         .requeue
         .map_or_else(Action::await_change, Action::requeue))
 }
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+    use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
+    use serde_json::{Value, json};
+
+    use api::common::TargetRef;
+    use api::{HostRestoreStats, RepositoryRef, RestoreSessionSpec, RestoreTarget};
+
+    use super::super::mock::{ApiServer, NS, late, list_of, not_found, now, verify_with};
+    use super::*;
+
+    const RS: &str = "/apis/hoard.dev/v1beta1/namespaces/demo/restoresessions";
+    const PODS: &str = "/api/v1/namespaces/demo/pods";
+    const PVCS: &str = "/api/v1/namespaces/demo/persistentvolumeclaims";
+    const DEPLOY: &str = "/apis/apps/v1/namespaces/demo/deployments/web";
+
+    fn status_path() -> String {
+        format!("{RS}/r/status?&fieldManager=hoard")
+    }
+    fn by_uid() -> String {
+        format!("{PODS}?&labelSelector=hoard.dev%2Fsession-uid%3Duid-r")
+    }
+
+    fn session(kind: &str, name: &str) -> RestoreSession {
+        let mut rs = RestoreSession::new(
+            "r",
+            RestoreSessionSpec {
+                repository: Some(RepositoryRef {
+                    name: "repo".into(),
+                }),
+                target: RestoreTarget {
+                    target_ref: TargetRef {
+                        api_version: "apps/v1".into(),
+                        kind: kind.into(),
+                        name: name.into(),
+                    },
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        rs.metadata.namespace = Some(NS.into());
+        rs.metadata.uid = Some("uid-r".into());
+        rs.metadata.resource_version = Some("7".into());
+        rs.metadata.creation_timestamp = Some(Time("2026-03-10T11:00:00Z".parse().unwrap()));
+        rs
+    }
+
+    /// Seed 001's volumeClaimTemplates example, two replicas.
+    fn vct_session(replicas: i32) -> RestoreSession {
+        let mut rs = session("StatefulSet", "restore-demo");
+        rs.spec.target.replicas = Some(replicas);
+        rs.spec.target.volume_mounts = Some(vec![VolumeMount {
+            name: "restore-data-restore-demo".into(),
+            mount_path: "/restore/data".into(),
+            ..Default::default()
+        }]);
+        rs.spec.target.volume_claim_templates = Some(vec![PersistentVolumeClaim {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some("restore-data-restore-demo-${POD_ORDINAL}".into()),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                ..Default::default()
+            }),
+            status: None,
+        }]);
+        rs
+    }
+
+    fn rolled(reason: &str) -> Condition {
+        rolled_condition(reason, "x".into(), "2026-03-10T11:00:01Z".parse().unwrap())
+    }
+
+    fn with_hosts(mut rs: RestoreSession, hosts: &[(&str, Phase)]) -> RestoreSession {
+        rs.status = Some(RestoreSessionStatus {
+            phase: Some(Phase::Running),
+            stats: Some(
+                hosts
+                    .iter()
+                    .map(|(h, p)| HostRestoreStats {
+                        hostname: (*h).into(),
+                        phase: Some(*p),
+                        duration: p.is_finished().then(|| "2s".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            conditions: Some(vec![rolled("WorkerPods")]),
+            ..Default::default()
+        });
+        rs
+    }
+
+    fn deployment(annotation: Option<&str>) -> Value {
+        let ann = annotation.map_or(
+            json!({}),
+            |v| json!({ keys::ANNOTATION_RESTORE_ROLLOUT: v }),
+        );
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": "web", "namespace": NS },
+            "spec": {
+                "selector": { "matchLabels": { "app": "web" } },
+                "template": { "metadata": { "labels": { "app": "web" }, "annotations": ann } }
+            }
+        })
+    }
+
+    fn worker(rs: &RestoreSession, host: &str) -> Value {
+        let h = match restore_mode(rs).unwrap() {
+            Mode::Workers(hs) => hs.into_iter().find(|h| h.host == host).unwrap(),
+            m => panic!("{m:?}"),
+        };
+        let sum = summary(rs, Duration::from_secs(3600));
+        let mut pod = worker_pod(
+            &WorkerPod {
+                name: pods::worker_pod_name("r", host),
+                namespace: NS,
+                owner: rs.controller_owner_ref(&()).unwrap(),
+                session_uid: "uid-r",
+                host: host.into(),
+                target: "StatefulSet/restore-demo".into(),
+                claims: h.claims,
+                mounts: h.mounts,
+                restore: Some(&sum),
+                settings: None,
+                deadline_seconds: 3600,
+            },
+            &InjectConfig::default(),
+        );
+        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Pending".into()),
+            ..Default::default()
+        });
+        json!(pod)
+    }
+
+    // ----- pure decisions -------------------------------------------------
+
+    #[test]
+    fn modes_follow_the_target() {
+        let m = |kind: &str| restore_mode(&session(kind, "web"));
+        assert_eq!(m("Deployment"), Ok(Mode::Rollout(WorkloadKind::Deployment)));
+        assert_eq!(
+            m("StatefulSet"),
+            Ok(Mode::Rollout(WorkloadKind::StatefulSet))
+        );
+        assert_eq!(m("DaemonSet"), Ok(Mode::Rollout(WorkloadKind::DaemonSet)));
+        assert_eq!(m("Pod"), Ok(Mode::Recreate(WorkloadKind::Pod)));
+        assert_eq!(
+            m("ReplicaSet"),
+            Ok(Mode::Recreate(WorkloadKind::ReplicaSet))
+        );
+        assert!(m("CronJob").unwrap_err().contains("not supported"));
+        let Ok(Mode::Workers(hosts)) = m("PersistentVolumeClaim") else {
+            panic!()
+        };
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].claims, [("data".to_string(), "web".to_string())]);
+        assert_eq!(hosts[0].mounts[0].mount_path, DEFAULT_MOUNT_PATH);
+        let mut snap = session("Deployment", "web");
+        snap.spec.driver = Some(Driver::VolumeSnapshotter);
+        assert!(
+            restore_mode(&snap)
+                .unwrap_err()
+                .contains("not yet supported")
+        );
+    }
+
+    #[test]
+    fn claim_templates_give_one_host_per_ordinal_with_seed_names() {
+        let Ok(Mode::Workers(hosts)) = restore_mode(&vct_session(3)) else {
+            panic!()
+        };
+        let got: Vec<(&str, &str)> = hosts
+            .iter()
+            .map(|h| (h.host.as_str(), h.claims[0].1.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("host-0", "restore-data-restore-demo-0"),
+                ("host-1", "restore-data-restore-demo-1"),
+                ("host-2", "restore-data-restore-demo-2"),
+            ]
+        );
+        assert_eq!(hosts[0].claims[0].0, "restore-data-restore-demo");
+        assert_eq!(hosts[0].mounts[0].mount_path, "/restore/data");
+        // a mount naming no template is an error that says what to use
+        let mut bad = vct_session(1);
+        bad.spec.target.volume_mounts.as_mut().unwrap()[0].name = "data".into();
+        let e = restore_mode(&bad).unwrap_err();
+        assert!(e.contains("restore-data-restore-demo"), "{e}");
+        // several replicas need the placeholder
+        let mut flat = vct_session(2);
+        flat.spec.target.volume_claim_templates.as_mut().unwrap()[0]
+            .metadata
+            .name = Some("data".into());
+        assert!(restore_mode(&flat).unwrap_err().contains("${POD_ORDINAL}"));
+    }
+
+    #[test]
+    fn a_rollout_happens_once() {
+        let rs = session("Deployment", "web");
+        let seen = Observed {
+            workload: Some(Workload::Single),
+            ..Default::default()
+        };
+        let cfg = InjectConfig::default();
+        let first = plan_restore(&rs, restore_mode(&rs), &seen, &cfg, now());
+        assert_eq!(first.rollout, Some(WorkloadKind::Deployment));
+        assert_eq!(first.status.total_hosts, Some(1));
+        // recorded: the next reconcile does not roll again
+        let mut again = rs.clone();
+        again.status = Some(first.status.clone());
+        let second = plan_restore(&again, restore_mode(&again), &seen, &cfg, now());
+        assert_eq!(second.rollout, None);
+        assert!(second.notices.is_empty());
+        // already carrying the UID (the status write was lost): no second patch
+        let carried = Observed {
+            rolled: true,
+            ..seen
+        };
+        let third = plan_restore(&rs, restore_mode(&rs), &carried, &cfg, now());
+        assert_eq!(third.rollout, None);
+        assert!(
+            third
+                .status
+                .conditions
+                .unwrap()
+                .iter()
+                .any(|c| c.type_ == CONDITION_ROLLED_OUT)
+        );
+    }
+
+    // ----- reconciler against the mocked API server -------------------------
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_restore_rolls_the_deployment_once_and_records_it() {
+        let rs = session("Deployment", "web");
+        let action = verify_with(now, rs, reconcile, |mut api: ApiServer| async move {
+            api.expect(Method::GET, DEPLOY, 200, deployment(None)).await;
+            let body = api
+                .expect(
+                    Method::PATCH,
+                    &format!("{DEPLOY}?&fieldManager=hoard"),
+                    200,
+                    deployment(Some("uid-r")),
+                )
+                .await;
+            assert_eq!(
+                body["spec"]["template"]["metadata"]["annotations"]
+                    [keys::ANNOTATION_RESTORE_ROLLOUT],
+                "uid-r"
+            );
+            let body = api
+                .expect(
+                    Method::PATCH,
+                    &status_path(),
+                    200,
+                    json!(session("Deployment", "web")),
+                )
+                .await;
+            assert_eq!(body["metadata"]["resourceVersion"], "7");
+            assert_eq!(body["status"]["totalHosts"], 1);
+            assert_eq!(body["status"]["phase"], "Pending");
+            assert_eq!(
+                body["status"]["conditions"][0]["type"],
+                CONDITION_ROLLED_OUT
+            );
+            assert_eq!(body["status"]["conditions"][0]["reason"], "Restarted");
+            let ev = api.event().await;
+            assert_eq!(ev["reason"], "RestoreStarted");
+            assert!(
+                ev["note"]
+                    .as_str()
+                    .unwrap()
+                    .contains("restarted Deployment web")
+            );
+            api
+        })
+        .await
+        .unwrap();
+        // looks again at the deadline (1h after creation)
+        assert_eq!(action, Action::requeue(Duration::from_secs(3598)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rolled_restore_never_patches_the_workload_again_and_rolls_up() {
+        let mut rs = session("Deployment", "web");
+        rs.status = Some(RestoreSessionStatus {
+            phase: Some(Phase::Running),
+            stats: Some(vec![HostRestoreStats {
+                hostname: "host-0".into(),
+                phase: Some(Phase::Succeeded),
+                duration: Some("884.431745ms".into()),
+                ..Default::default()
+            }]),
+            conditions: Some(vec![rolled("Restarted")]),
+            ..Default::default()
+        });
+        verify_with(now, rs, reconcile, |mut api: ApiServer| async move {
+            api.expect(Method::GET, DEPLOY, 200, deployment(Some("uid-r")))
+                .await;
+            let body = api
+                .expect(
+                    Method::PATCH,
+                    &status_path(),
+                    200,
+                    json!(session("Deployment", "web")),
+                )
+                .await;
+            assert_eq!(body["status"]["phase"], "Succeeded");
+            assert_eq!(body["status"]["hostsDone"], 1);
+            assert_eq!(body["status"]["sessionDuration"], "884.431745ms");
+            assert_eq!(api.event().await["reason"], "RestoreSucceeded");
+            api
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_rollout_restore_makes_no_request() {
+        let mut rs = session("Deployment", "web");
+        rs.status = Some(RestoreSessionStatus {
+            phase: Some(Phase::Succeeded),
+            conditions: Some(vec![rolled("Restarted")]),
+            ..Default::default()
+        });
+        let action = verify_with(now, rs, reconcile, |api: ApiServer| async move { api })
+            .await
+            .unwrap();
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_target_fails_the_restore_with_a_reason() {
+        let rs = session("StatefulSet", "db");
+        verify_with(now, rs, reconcile, |mut api: ApiServer| async move {
+            api.expect(
+                Method::GET,
+                "/apis/apps/v1/namespaces/demo/statefulsets/db",
+                404,
+                not_found("statefulsets \"db\""),
+            )
+            .await;
+            let body = api
+                .expect(
+                    Method::PATCH,
+                    &status_path(),
+                    200,
+                    json!(session("StatefulSet", "db")),
+                )
+                .await;
+            assert_eq!(body["status"]["phase"], "Failed");
+            assert!(
+                body["status"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("target StatefulSet/db not found")
+            );
+            assert_eq!(api.event().await["reason"], "RestoreFailed");
+            api
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bare_pod_is_not_touched_and_the_user_is_told() {
+        let rs = session("Pod", "web-0");
+        verify_with(now, rs, reconcile, |mut api: ApiServer| async move {
+            let body = api
+                .expect(
+                    Method::PATCH,
+                    &status_path(),
+                    200,
+                    json!(session("Pod", "web-0")),
+                )
+                .await;
+            assert_eq!(
+                body["status"]["conditions"][0]["reason"],
+                "UserRecreatesPods"
+            );
+            let ev = api.event().await;
+            assert_eq!(ev["type"], "Warning");
+            assert!(
+                ev["note"]
+                    .as_str()
+                    .unwrap()
+                    .contains("delete and re-create pod web-0"),
+                "{ev}"
+            );
+            api
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn volume_snapshotter_fails_as_not_yet_supported() {
+        let mut rs = session("StatefulSet", "db");
+        rs.spec.driver = Some(Driver::VolumeSnapshotter);
+        verify_with(now, rs, reconcile, |mut api: ApiServer| async move {
+            let body = api
+                .expect(
+                    Method::PATCH,
+                    &status_path(),
+                    200,
+                    json!(session("StatefulSet", "db")),
+                )
+                .await;
+            assert_eq!(body["status"]["phase"], "Failed");
+            assert!(
+                body["status"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("VolumeSnapshotter is not yet supported")
+            );
+            let ev = api.event().await;
+            assert_eq!(
+                (ev["type"].as_str(), ev["reason"].as_str()),
+                (Some("Warning"), Some("RestoreFailed"))
+            );
+            api
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn claim_templates_create_pvcs_then_one_worker_per_ordinal() {
+        let rs = vct_session(2);
+        verify_with(now, rs, reconcile, |mut api: ApiServer| async move {
+            api.expect(Method::GET, &format!("{PODS}?"), 200, list_of("Pod", vec![]))
+                .await;
+            api.expect(
+                Method::GET,
+                &format!("{PVCS}?&labelSelector=hoard.dev%2Fsession-uid%3Duid-r"),
+                200,
+                list_of("PersistentVolumeClaim", vec![]),
+            )
+            .await;
+            for i in 0..2 {
+                let body = api
+                    .expect(
+                        Method::POST,
+                        &format!("{PVCS}?&fieldManager=hoard"),
+                        201,
+                        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "x"}}),
+                    )
+                    .await;
+                assert_eq!(
+                    body["metadata"]["name"],
+                    format!("restore-data-restore-demo-{i}")
+                );
+                assert_eq!(body["metadata"]["labels"][keys::LABEL_SESSION_UID], "uid-r");
+                assert_eq!(body["metadata"]["labels"][keys::LABEL_RESTORED_BY], "r");
+                assert!(body["metadata"].get("ownerReferences").is_none(), "PVCs outlive the session");
+                assert_eq!(body["spec"]["accessModes"][0], "ReadWriteOnce");
+            }
+            for i in 0..2 {
+                let body = api
+                    .expect(
+                        Method::POST,
+                        &format!("{PODS}?&fieldManager=hoard"),
+                        201,
+                        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}}),
+                    )
+                    .await;
+                assert_eq!(body["metadata"]["name"], format!("r-host-{i}"));
+                assert_eq!(body["spec"]["hostname"], format!("host-{i}"));
+                assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-r");
+                let ann = &body["metadata"]["annotations"];
+                assert_eq!(ann[keys::ANNOTATION_HOST], format!("host-{i}"));
+                assert_eq!(ann[keys::ANNOTATION_TARGET], "StatefulSet/restore-demo");
+                assert_eq!(ann[keys::ANNOTATION_RESTORE_SESSION], "r");
+                assert_eq!(
+                    body["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+                    format!("restore-data-restore-demo-{i}")
+                );
+                assert_eq!(
+                    body["spec"]["initContainers"][0]["name"],
+                    keys::RESTORE_WAIT_CONTAINER
+                );
+                let pod: Pod = serde_json::from_value(body).unwrap();
+                assert_eq!(
+                    api::pod_security::restricted_violations(pod.spec.as_ref().unwrap()),
+                    Vec::<String>::new()
+                );
+            }
+            let body = api
+                .expect(Method::PATCH, &status_path(), 200, json!(vct_session(2)))
+                .await;
+            assert_eq!(body["status"]["totalHosts"], 2);
+            assert_eq!(body["status"]["conditions"][0]["reason"], "WorkerPods");
+            assert_eq!(api.event().await["reason"], "RestoreStarted");
+            api
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_host_loses_its_worker_and_existing_pvcs_are_kept() {
+        let rs = with_hosts(
+            vct_session(2),
+            &[("host-0", Phase::Succeeded), ("host-1", Phase::Running)],
+        );
+        let pods = vec![worker(&rs, "host-0"), worker(&rs, "host-1")];
+        verify_with(now, rs, reconcile, |mut api: ApiServer| async move {
+            api.expect(Method::GET, &format!("{PODS}?"), 200, list_of("Pod", pods))
+                .await;
+            let claims = (0..2)
+                .map(|i| json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": format!("restore-data-restore-demo-{i}")}}))
+                .collect();
+            api.expect(
+                Method::GET,
+                &format!("{PVCS}?&labelSelector=hoard.dev%2Fsession-uid%3Duid-r"),
+                200,
+                list_of("PersistentVolumeClaim", claims),
+            )
+            .await;
+            api.expect(
+                Method::DELETE,
+                &format!("{PODS}/r-host-0?"),
+                200,
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "r-host-0"}}),
+            )
+            .await;
+            let body = api
+                .expect(Method::PATCH, &status_path(), 200, json!(vct_session(2)))
+                .await;
+            assert_eq!(body["status"]["phase"], "Running");
+            assert_eq!(body["status"]["hostsDone"], 1);
+            api
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_deadline_silent_hosts_fail_and_every_worker_is_removed() {
+        let rs = with_hosts(vct_session(2), &[("host-0", Phase::Succeeded)]);
+        let pods = vec![worker(&rs, "host-1")];
+        verify_with(late, rs, reconcile, |mut api: ApiServer| async move {
+            api.expect(Method::GET, &format!("{PODS}?"), 200, list_of("Pod", pods))
+                .await;
+            api.expect(
+                Method::GET,
+                &format!("{PVCS}?&labelSelector=hoard.dev%2Fsession-uid%3Duid-r"),
+                200,
+                list_of("PersistentVolumeClaim", vec![]),
+            )
+            .await;
+            api.expect(
+                Method::DELETE,
+                &format!("{PODS}/r-host-1?"),
+                200,
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "r-host-1"}}),
+            )
+            .await;
+            let body = api
+                .expect(Method::PATCH, &status_path(), 200, json!(vct_session(2)))
+                .await;
+            assert_eq!(body["status"]["phase"], "Failed");
+            let stats = body["status"]["stats"].as_array().unwrap();
+            assert!(
+                stats[1]["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("never reported")
+            );
+            let ev = api.event().await;
+            assert_eq!(ev["reason"], "RestoreFailed");
+            assert!(ev["note"].as_str().unwrap().contains("host-1"));
+            api
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_restore_removes_leftover_workers() {
+        let mut rs = with_hosts(vct_session(1), &[("host-0", Phase::Failed)]);
+        rs.status.as_mut().unwrap().phase = Some(Phase::Failed);
+        let pods = vec![worker(&rs, "host-0")];
+        verify_with(now, rs, reconcile, |mut api: ApiServer| async move {
+            api.expect(Method::GET, &by_uid(), 200, list_of("Pod", pods))
+                .await;
+            api.expect(
+                Method::DELETE,
+                &format!("{PODS}/r-host-0?"),
+                200,
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "r-host-0"}}),
+            )
+            .await;
+            api
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standalone_pvc_in_use_waits_and_says_by_whom() {
+        let rs = session("PersistentVolumeClaim", "data");
+        let app = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": "app-0", "namespace": NS },
+            "spec": {
+                "containers": [{ "name": "app", "image": "app" }],
+                "volumes": [{ "name": "d", "persistentVolumeClaim": { "claimName": "data" } }]
+            },
+            "status": { "phase": "Running" }
+        });
+        let action = verify_with(now, rs, reconcile, |mut api: ApiServer| async move {
+            api.expect(
+                Method::GET,
+                &format!("{PODS}?"),
+                200,
+                list_of("Pod", vec![app]),
+            )
+            .await;
+            let body = api
+                .expect(
+                    Method::PATCH,
+                    &status_path(),
+                    200,
+                    json!(session("PersistentVolumeClaim", "data")),
+                )
+                .await;
+            assert!(
+                body["status"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("PVC in use by pod app-0")
+            );
+            assert_eq!(api.event().await["reason"], "RestoreStarted");
+            let ev = api.event().await;
+            assert_eq!(
+                (ev["type"].as_str(), ev["reason"].as_str()),
+                (Some("Warning"), Some("RestoreWaiting"))
+            );
+            api
+        })
+        .await
+        .unwrap();
+        assert_eq!(action, Action::requeue(WAIT_RECHECK));
+    }
+}
