@@ -246,3 +246,303 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
         .requeue
         .map_or_else(Action::await_change, Action::requeue))
 }
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use serde_json::{Value, json};
+
+    use api::{
+        BackupConfigurationSpec, BackupSessionSpec, BackupSessionStatus, BackupTarget,
+        HostBackupStats, InvokerRef,
+    };
+
+    use super::super::mock::{ApiServer, NS, list_of, now, verify_with};
+    use super::*;
+
+    const PODS: &str = "/api/v1/namespaces/demo/pods";
+    const BC: &str = "/apis/hoard.dev/v1beta1/namespaces/demo/backupconfigurations/cfg";
+
+    fn config(kind: &str) -> BackupConfiguration {
+        let mut c = BackupConfiguration::new(
+            "cfg",
+            BackupConfigurationSpec {
+                target: Some(BackupTarget {
+                    target_ref: TargetRef {
+                        api_version: "v1".into(),
+                        kind: kind.into(),
+                        name: "data".into(),
+                    },
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        c.metadata.namespace = Some(NS.into());
+        c
+    }
+
+    fn session(status: Option<BackupSessionStatus>) -> BackupSession {
+        let mut s = BackupSession::new(
+            "cfg-1",
+            BackupSessionSpec {
+                invoker: InvokerRef {
+                    api_group: Some("hoard.dev".into()),
+                    kind: "BackupConfiguration".into(),
+                    name: "cfg".into(),
+                },
+            },
+        );
+        s.metadata.namespace = Some(NS.into());
+        s.metadata.uid = Some("uid-s".into());
+        s.metadata.creation_timestamp = Some(Time("2026-03-10T11:00:00Z".parse().unwrap()));
+        s.status = status;
+        s
+    }
+
+    fn host0(phase: Phase) -> Option<BackupSessionStatus> {
+        Some(BackupSessionStatus {
+            phase: Some(if phase.is_finished() {
+                Phase::Running
+            } else {
+                phase
+            }),
+            stats: Some(vec![HostBackupStats {
+                hostname: HOST_0.into(),
+                phase: Some(phase),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        })
+    }
+
+    fn app_pod(phase: &str) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": "app-0", "namespace": NS },
+            "spec": {
+                "containers": [{ "name": "app", "image": "app" }],
+                "volumes": [{ "name": "d", "persistentVolumeClaim": { "claimName": "data" } }]
+            },
+            "status": { "phase": phase }
+        })
+    }
+
+    fn worker() -> Value {
+        let plan = plan_pvc_workers(
+            &session(None),
+            Some(&config("PersistentVolumeClaim")),
+            &[],
+            &InjectConfig::default(),
+        );
+        let mut pod = plan.create[0].clone();
+        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Running".into()),
+            ..Default::default()
+        });
+        json!(pod)
+    }
+
+    fn deleted() -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "cfg-1-pvc-0"}})
+    }
+
+    #[test]
+    fn a_worker_pod_serves_the_agent_and_nothing_else() {
+        let pod: Pod = serde_json::from_value(worker()).unwrap();
+        let ann = pod.metadata.annotations.as_ref().unwrap();
+        assert_eq!(ann[keys::ANNOTATION_HOST], HOST_0);
+        assert_eq!(ann[keys::ANNOTATION_TARGET], "PersistentVolumeClaim/data");
+        let spec = pod.spec.as_ref().unwrap();
+        assert!(spec.init_containers.is_none(), "a backup needs no hold");
+        let mount = spec.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "data")
+            .unwrap();
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (DEFAULT_MOUNT_PATH, Some(true))
+        );
+        assert_eq!(
+            api::pod_security::restricted_violations(spec),
+            Vec::<String>::new()
+        );
+        // a second PVC target of a batch gets its own pod name
+        let mut batch = config("PersistentVolumeClaim");
+        let first = batch.spec.target.take().unwrap();
+        let mut second = first.clone();
+        second.target_ref.name = "logs".into();
+        batch.spec.targets = Some(vec![first, second]);
+        let plan = plan_pvc_workers(&session(None), Some(&batch), &[], &InjectConfig::default());
+        let names: Vec<String> = plan.create.iter().map(ResourceExt::name_any).collect();
+        assert_eq!(names, ["cfg-1-pvc-0", "cfg-1-pvc-1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unmounted_pvc_gets_a_worker_pod() {
+        verify_with(
+            now,
+            session(None),
+            reconcile,
+            |mut api: ApiServer| async move {
+                api.expect(Method::GET, BC, 200, json!(config("PersistentVolumeClaim")))
+                    .await;
+                api.expect(
+                    Method::GET,
+                    &format!("{PODS}?"),
+                    200,
+                    list_of("Pod", vec![]),
+                )
+                .await;
+                let body = api
+                    .expect(
+                        Method::POST,
+                        &format!("{PODS}?&fieldManager=hoard"),
+                        201,
+                        worker(),
+                    )
+                    .await;
+                assert_eq!(body["metadata"]["name"], "cfg-1-pvc-0");
+                assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-s");
+                assert_eq!(
+                    body["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+                    "data"
+                );
+                assert_eq!(api.event().await["reason"], "WorkerPodCreated");
+                api
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pvc_a_running_pod_mounts_gets_no_second_pod() {
+        let action = verify_with(
+            now,
+            session(None),
+            reconcile,
+            |mut api: ApiServer| async move {
+                api.expect(Method::GET, BC, 200, json!(config("PersistentVolumeClaim")))
+                    .await;
+                api.expect(
+                    Method::GET,
+                    &format!("{PODS}?"),
+                    200,
+                    list_of("Pod", vec![app_pod("Running")]),
+                )
+                .await;
+                api
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(action, Action::await_change());
+        // held by a pod that does not run yet: look again soon
+        let action = verify_with(
+            now,
+            session(None),
+            reconcile,
+            |mut api: ApiServer| async move {
+                api.expect(Method::GET, BC, 200, json!(config("PersistentVolumeClaim")))
+                    .await;
+                api.expect(
+                    Method::GET,
+                    &format!("{PODS}?"),
+                    200,
+                    list_of("Pod", vec![app_pod("Pending")]),
+                )
+                .await;
+                api
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(action, Action::requeue(RECHECK));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_worker_goes_once_the_pvc_was_backed_up() {
+        let s = session(host0(Phase::Succeeded));
+        verify_with(now, s, reconcile, |mut api: ApiServer| async move {
+            api.expect(Method::GET, BC, 200, json!(config("PersistentVolumeClaim")))
+                .await;
+            api.expect(
+                Method::GET,
+                &format!("{PODS}?"),
+                200,
+                list_of("Pod", vec![worker()]),
+            )
+            .await;
+            api.expect(
+                Method::DELETE,
+                &format!("{PODS}/cfg-1-pvc-0?"),
+                200,
+                deleted(),
+            )
+            .await;
+            api
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_session_removes_its_worker() {
+        let mut st = host0(Phase::Running).unwrap();
+        st.phase = Some(Phase::Failed);
+        let s = session(Some(st));
+        verify_with(now, s, reconcile, |mut api: ApiServer| async move {
+            api.expect(
+                Method::GET,
+                &format!("{PODS}?&labelSelector=hoard.dev%2Fsession-uid%3Duid-s"),
+                200,
+                list_of("Pod", vec![worker()]),
+            )
+            .await;
+            api.expect(
+                Method::DELETE,
+                &format!("{PODS}/cfg-1-pvc-0?"),
+                200,
+                deleted(),
+            )
+            .await;
+            api
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_workload_backup_needs_no_worker() {
+        verify_with(
+            now,
+            session(None),
+            reconcile,
+            |mut api: ApiServer| async move {
+                api.expect(Method::GET, BC, 200, json!(config("StatefulSet")))
+                    .await;
+                api
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    #[test]
+    fn a_failed_worker_is_replaced_by_nothing_and_removed() {
+        let mut pod: Pod = serde_json::from_value(worker()).unwrap();
+        pod.status.as_mut().unwrap().phase = Some("Failed".into());
+        let plan = plan_pvc_workers(
+            &session(None),
+            Some(&config("PersistentVolumeClaim")),
+            &[pod],
+            &InjectConfig::default(),
+        );
+        assert!(plan.create.is_empty());
+        assert_eq!(plan.delete, ["cfg-1-pvc-0"]);
+    }
+}
