@@ -373,3 +373,274 @@ pub async fn reconcile<K: AutoBackupWorkload>(
     ctx.succeeded(obj.as_ref());
     Ok(Action::requeue(RESYNC))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::{Method, Request, Response};
+    use kube::Client;
+    use kube::client::Body;
+    use serde_json::{Value, json};
+
+    use super::super::mock::{ApiServer, NS, not_found, now, verify_with};
+    use super::*;
+
+    const BC: &str = "/apis/hoard.dev/v1beta1/namespaces/demo/backupconfigurations/deployment-web";
+
+    fn deployment(annotations: &[(&str, &str)], generation: i64) -> Deployment {
+        let ann: serde_json::Map<String, Value> = annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), json!(v)))
+            .collect();
+        serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": "web", "namespace": NS, "uid": "uid-web", "generation": generation },
+            "spec": {
+                "selector": { "matchLabels": { "app": "web" } },
+                "template": {
+                    "metadata": { "labels": { "app": "web" }, "annotations": ann },
+                    "spec": {
+                        "containers": [{
+                            "name": "app", "image": "app",
+                            "volumeMounts": [{ "name": "data", "mountPath": "/var/lib/app" }]
+                        }],
+                        "volumes": [{ "name": "data", "emptyDir": {} }]
+                    }
+                }
+            }
+        }))
+        .unwrap()
+    }
+
+    const ON: &[(&str, &str)] = &[
+        (keys::ANNOTATION_BACKUP, "true"),
+        (keys::ANNOTATION_VOLUMES, "data"),
+        (keys::ANNOTATION_REPOSITORY, "s3-repo"),
+        (keys::ANNOTATION_SCHEDULE, "*/30 * * * *"),
+    ];
+
+    fn generated() -> BackupConfiguration {
+        let d = deployment(ON, 1);
+        plan_auto_backup(
+            WorkloadKind::Deployment,
+            d.meta(),
+            d.template(),
+            None,
+            &Settings::default(),
+        )
+        .apply
+        .unwrap()
+    }
+
+    #[test]
+    fn annotations_become_an_owned_configuration() {
+        let bc = generated();
+        assert_eq!(bc.name_any(), "deployment-web");
+        assert_eq!(bc.labels()[keys::LABEL_AUTO_BACKUP], "true");
+        let owner = &bc.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("Deployment", "uid-web", Some(true))
+        );
+        assert_eq!(bc.spec.repository.name, "s3-repo");
+        assert_eq!(bc.spec.schedule.as_deref(), Some("*/30 * * * *"));
+        let t = bc.spec.target.as_ref().unwrap();
+        assert_eq!(t.target_ref.name, "web");
+        let m = &t.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (m.name.as_str(), m.mount_path.as_str()),
+            ("data", "/var/lib/app")
+        );
+        // unchanged: nothing to apply
+        let d = deployment(ON, 1);
+        let again = plan_auto_backup(
+            WorkloadKind::Deployment,
+            d.meta(),
+            d.template(),
+            Some(&bc),
+            &Settings::default(),
+        );
+        assert!(again.apply.is_none() && again.delete.is_none() && again.notice.is_none());
+    }
+
+    #[test]
+    fn defaults_fill_what_the_annotations_leave_out() {
+        let d = deployment(&[(keys::ANNOTATION_BACKUP, "true")], 1);
+        let bc = plan_auto_backup(
+            WorkloadKind::Deployment,
+            d.meta(),
+            d.template(),
+            None,
+            &Settings::default(),
+        )
+        .apply
+        .unwrap();
+        assert_eq!(bc.spec.repository.name, super::super::DEFAULT_REPOSITORY);
+        assert_eq!(
+            bc.spec.schedule.as_deref(),
+            Some(super::super::DEFAULT_SCHEDULE)
+        );
+        assert!(bc.spec.target.unwrap().volume_mounts.is_none());
+        api::schedule::validate_schedule(super::super::DEFAULT_SCHEDULE).unwrap();
+    }
+
+    #[test]
+    fn bad_annotations_say_what_to_fix() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[(keys::ANNOTATION_BACKUP, "yes")],
+                "use \"true\" or \"false\"",
+            ),
+            (
+                &[
+                    (keys::ANNOTATION_BACKUP, "true"),
+                    (keys::ANNOTATION_SCHEDULE, "often"),
+                ],
+                keys::ANNOTATION_SCHEDULE,
+            ),
+            (
+                &[
+                    (keys::ANNOTATION_BACKUP, "true"),
+                    (keys::ANNOTATION_VOLUMES, "cache"),
+                ],
+                "the pod has no volume \"cache\"",
+            ),
+        ];
+        for (ann, want) in cases {
+            let d = deployment(ann, 1);
+            let plan = plan_auto_backup(
+                WorkloadKind::Deployment,
+                d.meta(),
+                d.template(),
+                None,
+                &Settings::default(),
+            );
+            assert!(plan.apply.is_none());
+            let n = plan.notice.expect("a warning");
+            assert!(n.warning);
+            assert!(n.note.contains(want), "{ann:?}: {}", n.note);
+            assert!(n.note.contains("Deployment web"), "{}", n.note);
+        }
+    }
+
+    #[test]
+    fn someone_elses_configuration_is_never_touched() {
+        let mut foreign = generated();
+        foreign.metadata.labels = None;
+        foreign.metadata.owner_references = None;
+        for ann in [ON, &[]] {
+            let d = deployment(ann, 1);
+            let plan = plan_auto_backup(
+                WorkloadKind::Deployment,
+                d.meta(),
+                d.template(),
+                Some(&foreign),
+                &Settings::default(),
+            );
+            assert!(plan.apply.is_none() && plan.delete.is_none());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_annotated_deployment_gets_its_configuration_applied() {
+        let action = verify_with(
+            now,
+            deployment(ON, 1),
+            reconcile,
+            |mut api: ApiServer| async move {
+                api.expect(Method::GET, BC, 404, not_found("deployment-web"))
+                    .await;
+                let body = api
+                    .expect(
+                        Method::PATCH,
+                        &format!("{BC}?&force=true&fieldManager=hoard"),
+                        200,
+                        json!(generated()),
+                    )
+                    .await;
+                assert_eq!(body["apiVersion"], "hoard.dev/v1beta1");
+                assert_eq!(body["kind"], "BackupConfiguration");
+                assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-web");
+                assert_eq!(body["spec"]["repository"]["name"], "s3-repo");
+                let ev = api.event().await;
+                assert_eq!(ev["reason"], "AutoBackupConfigured");
+                assert_eq!(ev["regarding"]["kind"], "Deployment");
+                api
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(action, Action::requeue(RESYNC));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn removing_the_annotation_deletes_the_generated_configuration() {
+        verify_with(
+            now,
+            deployment(&[], 2),
+            reconcile,
+            |mut api: ApiServer| async move {
+                api.expect(Method::GET, BC, 200, json!(generated())).await;
+                let body = api
+                    .expect(Method::DELETE, &format!("{BC}?"), 200, json!(generated()))
+                    .await;
+                assert_eq!(body["propagationPolicy"], "Background");
+                assert_eq!(api.event().await["reason"], "AutoBackupRemoved");
+                api
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bad_annotations_warn_on_the_workload() {
+        let d = deployment(
+            &[
+                (keys::ANNOTATION_BACKUP, "true"),
+                (keys::ANNOTATION_RETENTION, "keepAll=1"),
+            ],
+            1,
+        );
+        verify_with(now, d, reconcile, |mut api: ApiServer| async move {
+            api.expect(Method::GET, BC, 404, not_found("deployment-web"))
+                .await;
+            let ev = api.event().await;
+            assert_eq!(
+                (ev["type"].as_str(), ev["reason"].as_str()),
+                (Some("Warning"), Some("InvalidAutoBackup"))
+            );
+            assert!(
+                ev["note"]
+                    .as_str()
+                    .unwrap()
+                    .contains(keys::ANNOTATION_RETENTION)
+            );
+            api
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_workload_without_auto_backup_costs_one_get_per_spec_change() {
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = Arc::new(Context::new(Client::new(svc, "default"), now));
+        let server = tokio::spawn(async move {
+            let mut api = ApiServer(handle);
+            api.expect(Method::GET, BC, 404, not_found("deployment-web"))
+                .await;
+            api.done().await;
+        });
+        for _ in 0..3 {
+            // the same generation again: a status update, no request
+            let a = reconcile(Arc::new(deployment(&[], 4)), ctx.clone())
+                .await
+                .unwrap();
+            assert_eq!(a, Action::await_change());
+        }
+        drop(ctx);
+        server.await.unwrap();
+    }
+}

@@ -46,7 +46,7 @@ pub(super) fn late() -> Timestamp {
     "2026-03-10T12:00:03Z".parse().unwrap()
 }
 
-pub(super) struct ApiServer(Handle);
+pub(super) struct ApiServer(pub(super) Handle);
 
 impl ApiServer {
     /// Awaits the next request, asserts its method and path (with query),
