@@ -131,6 +131,11 @@ pub const LABEL_SESSION_UID: &str = "hoard.dev/session-uid";
 /// `RestoreSession` that created and restored it (set when the name fits a
 /// label value). The PVC is not owned by the session: it outlives it.
 pub const LABEL_RESTORED_BY: &str = "hoard.dev/restored-by";
+/// Annotation the controllers set on a `BackupSession` when a worker pod of
+/// it started running (value: the pod's name). The agent acts on session
+/// events; this change is the event that tells it a pod to back up through
+/// now exists.
+pub const ANNOTATION_WORKER_READY: &str = "hoard.dev/worker-ready";
 /// Finalizer the controllers put on sessions that own short-lived objects.
 pub const FINALIZER: &str = "hoard.dev/cleanup";
 

@@ -10,14 +10,19 @@
 //! Worker pods are owned by the session, so deleting the session (history
 //! limit) removes any that are left.
 //!
+//! The agents act on session events; a worker that starts running raises
+//! none, so the controller then annotates the session
+//! (`hoard.dev/worker-ready: <pod>`), once, which is the event the agents
+//! need to back the PVC up through it.
+//!
 //! Data flow: read the session, its configuration and the namespace's pods;
-//! [`plan_pvc_workers`] decides; create and delete pods.
+//! [`plan_pvc_workers`] decides; create and delete pods, annotate the session.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, VolumeMount};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use tracing::info;
@@ -42,6 +47,9 @@ pub const RECHECK: Duration = Duration::from_secs(30);
 /// What to do for one session.
 #[derive(Debug, Clone, Default)]
 pub struct PvcPlan {
+    /// A worker that runs now, before its host reported: annotate the
+    /// session with its name so the agents see a session event.
+    pub nudge: Option<String>,
     pub create: Vec<Pod>,
     pub delete: Vec<String>,
     pub notices: Vec<Notice>,
@@ -60,6 +68,16 @@ fn host_finished(session: &BackupSession, target: Option<&TargetRef>) -> bool {
                 && h.target.as_ref() == target
                 && h.phase.is_some_and(Phase::is_finished)
         })
+}
+
+fn host_reported(session: &BackupSession, target: Option<&TargetRef>) -> bool {
+    session
+        .status
+        .as_ref()
+        .and_then(|s| s.stats.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|h| h.hostname == HOST_0 && h.target.as_ref() == target)
 }
 
 /// Decides the worker pods of `session`. `config` is its configuration
@@ -105,6 +123,14 @@ pub fn plan_pvc_workers(
         }
         if let Some(p) = mine {
             wanted.push(p.name_any());
+            let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            let told = session
+                .annotations()
+                .get(keys::ANNOTATION_WORKER_READY)
+                .is_some_and(|v| *v == p.name_any());
+            if running && !told && !host_reported(session, batch.then_some(r)) {
+                plan.nudge = Some(p.name_any());
+            }
             continue;
         }
         let users = claim_users(pods, &r.name);
@@ -177,6 +203,13 @@ pub fn plan_pvc_workers(
     plan
 }
 
+fn pp_patch() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
 /// `true` when `config` backs up a PVC.
 fn has_pvc_target(config: &BackupConfiguration) -> bool {
     config.spec.all_targets().any(|t| {
@@ -230,6 +263,15 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
             Err(kube::Error::Api(s)) if s.is_already_exists() => {}
             Err(e) => return Err(e.into()),
         }
+    }
+    if let Some(pod) = &plan.nudge {
+        let body = serde_json::json!({
+            "metadata": { "annotations": { keys::ANNOTATION_WORKER_READY: pod } }
+        });
+        Api::<BackupSession>::namespaced(ctx.client.clone(), &ns)
+            .patch(&name, &pp_patch(), &Patch::Merge(&body))
+            .await?;
+        info!(%ns, session = %name, %pod, "worker pod running; agents notified through the session");
     }
     for pod in &plan.delete {
         match pods_api.delete(pod, &DeleteParams::background()).await {
@@ -482,6 +524,54 @@ mod tests {
                 &format!("{PODS}/cfg-1-pvc-0?"),
                 200,
                 deleted(),
+            )
+            .await;
+            api
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_running_worker_is_announced_on_the_session_once() {
+        verify_with(now, session(None), reconcile, |mut api: ApiServer| async move {
+            api.expect(Method::GET, BC, 200, json!(config("PersistentVolumeClaim")))
+                .await;
+            api.expect(Method::GET, &format!("{PODS}?"), 200, list_of("Pod", vec![worker()]))
+                .await;
+            let body = api
+                .expect(
+                    Method::PATCH,
+                    "/apis/hoard.dev/v1beta1/namespaces/demo/backupsessions/cfg-1?&fieldManager=hoard",
+                    200,
+                    json!(session(None)),
+                )
+                .await;
+            assert_eq!(
+                body["metadata"]["annotations"][keys::ANNOTATION_WORKER_READY],
+                "cfg-1-pvc-0"
+            );
+            api
+        })
+        .await
+        .unwrap();
+        // announced already: nothing to do
+        let mut told = session(None);
+        told.metadata.annotations = Some(
+            [(
+                keys::ANNOTATION_WORKER_READY.to_string(),
+                "cfg-1-pvc-0".to_string(),
+            )]
+            .into(),
+        );
+        verify_with(now, told, reconcile, |mut api: ApiServer| async move {
+            api.expect(Method::GET, BC, 200, json!(config("PersistentVolumeClaim")))
+                .await;
+            api.expect(
+                Method::GET,
+                &format!("{PODS}?"),
+                200,
+                list_of("Pod", vec![worker()]),
             )
             .await;
             api
