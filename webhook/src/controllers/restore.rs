@@ -313,7 +313,17 @@ pub fn plan_restore(
         .iter()
         .flatten()
         .any(|c| c.type_ == CONDITION_ROLLED_OUT);
-    let targets = match &mode {
+    // Hosts no rule selects get no restore (seed 001: rules name their
+    // targetHosts); only the others are waited for.
+    let rules = rs.spec.rules.as_deref();
+    let selected = |h: &str| api::rules::plan_for_host(h, rules).is_some();
+    let mode = match mode {
+        Mode::Workers(hosts) => {
+            Mode::Workers(hosts.into_iter().filter(|h| selected(&h.host)).collect())
+        }
+        m => m,
+    };
+    let mut targets = match &mode {
         Mode::Rollout(kind) | Mode::Recreate(kind) => {
             vec![TargetHosts::new(*kind, None, workload)]
         }
@@ -323,6 +333,13 @@ pub fn plan_restore(
             names: hosts.iter().map(|h| h.host.clone()).collect(),
         }],
     };
+    for t in &mut targets {
+        // Names are known for all but DaemonSets (node names).
+        if !t.names.is_empty() {
+            t.names.retain(|h| selected(h));
+            t.total = u32::try_from(t.names.len()).unwrap_or(u32::MAX);
+        }
+    }
     if !already {
         let (reason, note, warning) = match &mode {
             Mode::Rollout(kind) => {
@@ -960,6 +977,58 @@ mod tests {
                 .iter()
                 .any(|c| c.type_ == CONDITION_ROLLED_OUT)
         );
+    }
+
+    #[test]
+    fn only_hosts_a_rule_selects_are_waited_for() {
+        use api::RestoreRule;
+        // seed 001: a rule for host-3 and host-4 only
+        let mut rs = session("StatefulSet", "db");
+        rs.spec.rules = Some(vec![RestoreRule {
+            target_hosts: Some(vec!["host-3".into(), "host-4".into()]),
+            source_host: Some("host-1".into()),
+            paths: Some(vec!["/source/data".into()]),
+            snapshots: None,
+        }]);
+        let seen = Observed {
+            workload: Some(Workload::StatefulSet { replicas: Some(5) }),
+            rolled: true,
+            ..Default::default()
+        };
+        let cfg = InjectConfig::default();
+        let plan = plan_restore(&rs, restore_mode(&rs), &seen, &cfg, now());
+        assert_eq!(plan.status.total_hosts, Some(2));
+        rs.status = Some(RestoreSessionStatus {
+            stats: Some(
+                ["host-3", "host-4"]
+                    .map(|h| HostRestoreStats {
+                        hostname: h.into(),
+                        phase: Some(Phase::Succeeded),
+                        duration: Some("1s".into()),
+                        ..Default::default()
+                    })
+                    .to_vec(),
+            ),
+            conditions: Some(vec![rolled("Restarted")]),
+            ..Default::default()
+        });
+        let plan = plan_restore(&rs, restore_mode(&rs), &seen, &cfg, now());
+        assert_eq!(plan.status.phase, Some(Phase::Succeeded));
+        // worker pods likewise: one claim template, 3 ordinals, rule for host-1
+        let mut vct = vct_session(3);
+        vct.spec.rules = Some(vec![RestoreRule {
+            target_hosts: Some(vec!["host-1".into()]),
+            paths: Some(vec!["/restore/data".into()]),
+            ..Default::default()
+        }]);
+        let seen = Observed {
+            workload: Some(Workload::Single),
+            ..Default::default()
+        };
+        let plan = plan_restore(&vct, restore_mode(&vct), &seen, &cfg, now());
+        let pods: Vec<String> = plan.create_pods.iter().map(ResourceExt::name_any).collect();
+        assert_eq!(pods, ["r-host-1"]);
+        assert_eq!(plan.status.total_hosts, Some(1));
     }
 
     // ----- reconciler against the mocked API server -------------------------
