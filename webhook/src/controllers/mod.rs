@@ -9,8 +9,20 @@
 //! the session's deadline. Session changes wake the scheduler of their
 //! configuration, which records the outcome.
 //!
+//!
+//! A `RestoreSession` ([`restore`]) makes its target produce fresh pods the
+//! webhook holds (a one-time pod-template annotation on a Deployment,
+//! StatefulSet or DaemonSet), or restores through short-lived worker pods
+//! ([`pods`]) into PVCs it creates from `volumeClaimTemplates` or into a
+//! standalone PVC; its status is rolled up by the same code as a backup
+//! session's. A `BackupSession` of a standalone PVC gets a worker pod when
+//! no pod mounts the PVC ([`standalone`]). Workloads whose pod template asks
+//! for auto-backup get an owned `BackupConfiguration` ([`auto_backup`]).
+//!
 //! Decisions are pure functions of the objects and `now` ([`plan`],
-//! [`cron`]); the reconcilers only read, call them and write.
+//! [`cron`], [`restore::plan_restore`], [`standalone::plan_pvc_workers`],
+//! [`auto_backup::plan_auto_backup`]); the reconcilers only read, call them
+//! and write.
 //!
 //! **Leader election** ([`leader`]): [`run`] takes the `hoard-controllers`
 //! Lease in the pod's namespace first; only its holder runs the controllers,
@@ -19,7 +31,7 @@
 //! single replica.
 //!
 //! Metrics ([`metrics`]) go to the default Prometheus registry; events to
-//! the objects (`kubectl describe`); both controllers watch through
+//! the objects (`kubectl describe`); the custom-resource controllers watch through
 //! `DeserializeGuard`, so one unreadable object never stalls the others.
 
 pub mod auto_backup;
@@ -287,6 +299,13 @@ async fn check_crds(client: &Client) -> Result<(), Error> {
             kind: "BackupSession",
             source,
         })?;
+    Api::<RestoreSession>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(|source| Error::CrdMissing {
+            kind: "RestoreSession",
+            source,
+        })?;
     Ok(())
 }
 
@@ -332,7 +351,7 @@ pub async fn run(
     result
 }
 
-/// Runs the scheduler and the session roll-up until `shutdown` resolves
+/// Runs every controller until `shutdown` resolves
 /// (then in-flight reconciles finish), without leader election: for one
 /// replica only.
 pub async fn run_controllers(
