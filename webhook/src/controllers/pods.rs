@@ -373,6 +373,11 @@ mod tests {
         assert_eq!(ann[keys::ANNOTATION_HOST], "host-1");
         assert_eq!(ann[keys::ANNOTATION_TARGET], "StatefulSet/web");
         assert_eq!(ann[keys::ANNOTATION_RESTORE_SESSION], "restore-demo");
+        // the agent reads the target the way api::host writes it
+        assert_eq!(
+            api::host::parse_target_annotation(&ann[keys::ANNOTATION_TARGET]),
+            Some((api::host::WorkloadKind::StatefulSet, "web"))
+        );
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.hostname.as_deref(), Some("host-1"));
         let init = spec.init_containers.as_ref().unwrap();
