@@ -43,6 +43,10 @@ pub const AUTO_BACKUP_LABEL_VALUE: &str = "true";
 /// generated configuration someone edited by hand.
 pub const RESYNC: Duration = Duration::from_secs(60 * 60);
 
+/// Most workloads remembered as "no auto-backup at this generation": about
+/// 10 MB at most, far above the workloads of a large cluster.
+const AUTO_SEEN_MAX: usize = 100_000;
+
 /// Longest object name (DNS subdomain).
 const MAX_NAME_LEN: usize = 253;
 
@@ -296,6 +300,12 @@ pub async fn reconcile<K: AutoBackupWorkload>(
     {
         let mut m = ctx.auto_seen.lock().unwrap_or_else(|e| e.into_inner());
         if !annotated && existing.is_none() {
+            // Deleted workloads are never reconciled again, so their
+            // entries stay; a bound keeps that from growing without end
+            // (forgetting costs one GET per workload, nothing else).
+            if m.len() >= AUTO_SEEN_MAX {
+                m.clear();
+            }
             m.insert(uid.clone(), generation);
         } else {
             m.remove(&uid);
