@@ -212,6 +212,9 @@ impl Context {
 /// Quiet time before a burst of watch events on one object is reconciled.
 const DEBOUNCE: Duration = Duration::from_secs(1);
 
+/// How often the session gauges are recomputed: a scrape interval.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(15);
+
 /// First retry after a failure; doubled per consecutive failure.
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// Longest wait between retries (a flapping API server is not hammered).
@@ -360,11 +363,10 @@ pub async fn run_controllers(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
     let shutdown = shutdown.shared();
-    let ctx = Arc::new(Context::with_settings(
-        client.clone(),
-        Timestamp::now,
-        settings,
-    ));
+    let mut context = Context::with_settings(client.clone(), Timestamp::now, settings);
+    // The series the admin port serves (tests keep private ones).
+    context.metrics = metrics::Metrics::global();
+    let ctx = Arc::new(context);
     let wc = watcher::Config::default();
     // Agents write each host's progress every few seconds; coalescing the
     // bursts keeps both controllers from reconciling once per write.
@@ -405,19 +407,41 @@ pub async fn run_controllers(
     let rollup = Controller::new(
         Api::<DeserializeGuard<BackupSession>>::all(client.clone()),
         wc.clone(),
-    )
-    .with_config(cc.clone())
-    .graceful_shutdown_on(shutdown.clone())
-    .run(
-        |g, ctx| guarded(g, ctx, rollup::reconcile),
-        error_policy,
-        ctx.clone(),
-    )
-    .for_each(|r| async move {
-        if let Ok((obj, _)) = r {
-            tracing::debug!(name = %obj.name, ns = ?obj.namespace, "session reconciled");
+    );
+    // Sessions by phase and the oldest running one, from the roll-up's cache.
+    let sessions = rollup.store();
+    let gauges = {
+        let (metrics, stop) = (ctx.metrics.clone(), shutdown.clone());
+        async move {
+            let tick = async {
+                loop {
+                    let all = sessions.state();
+                    metrics.observe_sessions(
+                        all.iter().filter_map(|g| g.0.as_ref().ok()),
+                        Timestamp::now(),
+                    );
+                    tokio::time::sleep(GAUGE_INTERVAL).await;
+                }
+            };
+            tokio::select! {
+                () = tick => {}
+                () = stop => {}
+            }
         }
-    });
+    };
+    let rollup = rollup
+        .with_config(cc.clone())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |g, ctx| guarded(g, ctx, rollup::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| async move {
+            if let Ok((obj, _)) = r {
+                tracing::debug!(name = %obj.name, ns = ?obj.namespace, "session reconciled");
+            }
+        });
 
     // Only Hoard's worker pods are watched (owned by their session).
     let workers = watcher::Config::default().labels(&format!(
@@ -482,6 +506,7 @@ pub async fn run_controllers(
     tokio::join!(
         scheduler,
         rollup,
+        gauges,
         standalone,
         restores,
         auto_deployments,
