@@ -111,6 +111,14 @@ pub fn restore_mode(rs: &RestoreSession) -> Result<Mode, String> {
             .replicas
             .map(|n| u32::try_from(n).unwrap_or(0))
             .unwrap_or(1);
+        // Worker hosts are `host-<ordinal>`: the agent reads them so for a
+        // StatefulSet target; single-host kinds have only host-0 and a
+        // DaemonSet's hosts are node names.
+        if kind == WorkloadKind::DaemonSet || (kind != WorkloadKind::StatefulSet && replicas > 1) {
+            return Err(format!(
+                "volumeClaimTemplates with replicas {replicas} need target.ref kind StatefulSet (one host per ordinal), not {kind}"
+            ));
+        }
         let mut per_template = Vec::new();
         for tpl in templates {
             let names = api::pvc::pvc_names(tpl.metadata.name.as_deref(), Some(replicas))
@@ -937,6 +945,12 @@ mod tests {
         bad.spec.target.volume_mounts.as_mut().unwrap()[0].name = "data".into();
         let e = restore_mode(&bad).unwrap_err();
         assert!(e.contains("restore-data-restore-demo"), "{e}");
+        // ordinals are StatefulSet hosts
+        let mut dep = vct_session(2);
+        dep.spec.target.target_ref.kind = "Deployment".into();
+        assert!(restore_mode(&dep).unwrap_err().contains("kind StatefulSet"));
+        dep.spec.target.replicas = Some(1);
+        assert!(restore_mode(&dep).is_ok());
         // several replicas need the placeholder
         let mut flat = vct_session(2);
         flat.spec.target.volume_claim_templates.as_mut().unwrap()[0]
