@@ -14,7 +14,9 @@
 //!   workload. The session's `TargetRolledOut` condition records it; a
 //!   re-reconcile sees the condition (or the annotation already carrying the
 //!   UID) and never patches again, and deleting a finished session changes
-//!   nothing on the workload, so it is not restarted again;
+//!   nothing on the workload, so it is not restarted again. A workload that
+//!   does not exist yet is waited for (until the deadline); one created
+//!   after the session starts with held pods and is not restarted;
 //! - a bare pod, ReplicaSet or ReplicationController: nothing is restarted
 //!   (their pods do not follow template changes); an event tells the user
 //!   to re-create the pods;
@@ -215,6 +217,9 @@ pub struct Observed {
     pub rolled: bool,
     /// The target updates pods only when they are deleted (`OnDelete`).
     pub on_delete: bool,
+    /// When the target was created: one created after the session already
+    /// starts with fresh pods the webhook holds, and needs no roll.
+    pub created: Option<Timestamp>,
     /// Pods of the namespace (worker mode only).
     pub pods: Vec<Pod>,
     /// PVCs this session created earlier (by label).
@@ -307,15 +312,47 @@ pub fn plan_restore(
         }
     };
     let Some(workload) = seen.workload else {
+        // Restoring into a workload that is created next is the usual
+        // order (its first pods are then held); wait for it until the
+        // deadline, which fails the session with a reason.
+        let deadline = started
+            .checked_add(k8s_openapi::jiff::SignedDuration::try_from(timeout).unwrap_or_default())
+            .unwrap_or(Timestamp::MAX);
         let msg = format!(
-            "target {}/{} not found in namespace {ns}; create it, or delete this RestoreSession",
+            "{WAITING}target {}/{} not found in namespace {ns}; create it (its new pods wait for the restore), or delete this RestoreSession",
             r.kind, r.name
         );
-        plan.status = failed_status(&old, msg, now);
-        push_finished(&mut plan, &old);
+        if now >= deadline {
+            let msg = msg.trim_start_matches(WAITING).to_string();
+            plan.status = failed_status(&old, msg, now);
+            push_finished(&mut plan, &old);
+        } else {
+            if old.message.as_deref() != Some(msg.as_str()) {
+                plan.notices.push(Notice {
+                    warning: true,
+                    reason: "RestoreWaiting",
+                    action: "Restore",
+                    note: msg.clone(),
+                });
+            }
+            plan.status = RestoreSessionStatus {
+                phase: Some(old.phase.unwrap_or(Phase::Pending)),
+                message: Some(msg),
+                ..old
+            };
+            plan.requeue = Some(WAIT_RECHECK);
+        }
         return plan;
     };
     let mut status = old.clone();
+    if status
+        .message
+        .as_deref()
+        .is_some_and(|m| m.starts_with(WAITING))
+    {
+        // Re-set below while still waiting.
+        status.message = None;
+    }
     let already = old
         .conditions
         .iter()
@@ -351,10 +388,20 @@ pub fn plan_restore(
     if !already {
         let (reason, note, warning) = match &mode {
             Mode::Rollout(kind) => {
-                if !seen.rolled {
+                let created_after = seen.created.is_some_and(|c| c >= started);
+                if !seen.rolled && !created_after {
                     plan.rollout = Some(*kind);
                 }
-                if seen.on_delete {
+                if created_after {
+                    (
+                        "NewWorkload",
+                        format!(
+                            "{kind} {} was created after this RestoreSession: its pods wait until their data is restored, no restart needed",
+                            r.name
+                        ),
+                        false,
+                    )
+                } else if seen.on_delete {
                     (
                         "UserDeletesPods",
                         format!(
@@ -487,8 +534,8 @@ pub fn plan_restore(
             ));
         }
         if !waiting.is_empty() && !finished {
-            let msg = format!("waiting: {}", waiting.join("; "));
-            if status.message.as_deref() != Some(&msg) {
+            let msg = format!("{WAITING}{}", waiting.join("; "));
+            if old.message.as_deref() != Some(&msg) {
                 plan.notices.push(Notice {
                     warning: true,
                     reason: "RestoreWaiting",
@@ -500,18 +547,15 @@ pub fn plan_restore(
             // Look again soon: the pod that holds the PVC may go away
             // without any event on this session.
             plan.requeue = Some(plan.requeue.map_or(WAIT_RECHECK, |r| r.min(WAIT_RECHECK)));
-        } else if status
-            .message
-            .as_deref()
-            .is_some_and(|m| m.starts_with("waiting: "))
-        {
-            status.message = None;
         }
     }
     plan.status = status;
     push_finished(&mut plan, &old);
     plan
 }
+
+/// Prefix of a status message that says what the session waits for.
+const WAITING: &str = "waiting: ";
 
 /// How often a session waiting for a PVC to be released looks again.
 pub const WAIT_RECHECK: Duration = Duration::from_secs(30);
@@ -537,12 +581,22 @@ async fn observe_workload(
     kind: WorkloadKind,
     name: &str,
     uid: &str,
-) -> Result<Option<(Workload, bool, bool)>, Error> {
-    let rolled = |t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
-        t.and_then(|t| t.metadata.as_ref())
+) -> Result<Option<Observed>, Error> {
+    use k8s_openapi::api::core::v1::PodTemplateSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let seen = |meta: &ObjectMeta,
+                template: Option<&PodTemplateSpec>,
+                workload: Workload,
+                strategy: Option<&str>| Observed {
+        workload: Some(workload),
+        rolled: template
+            .and_then(|t| t.metadata.as_ref())
             .and_then(|m| m.annotations.as_ref())
             .and_then(|a| a.get(keys::ANNOTATION_RESTORE_ROLLOUT))
-            .is_some_and(|v| v == uid)
+            .is_some_and(|v| v == uid),
+        on_delete: strategy == Some("OnDelete"),
+        created: meta.creation_timestamp.as_ref().map(|t| t.0),
+        ..Default::default()
     };
     let c = ctx.client.clone();
     Ok(match kind {
@@ -551,23 +605,26 @@ async fn observe_workload(
             .await?
             .map(|d| {
                 let spec = d.spec.as_ref();
-                (Workload::Single, rolled(spec.map(|s| &s.template)), false)
+                seen(
+                    &d.metadata,
+                    spec.map(|s| &s.template),
+                    Workload::Single,
+                    None,
+                )
             }),
         WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(c, ns)
             .get_opt(name)
             .await?
             .map(|s| {
                 let spec = s.spec.as_ref();
-                let on_delete = spec
-                    .and_then(|s| s.update_strategy.as_ref())
-                    .and_then(|u| u.type_.as_deref())
-                    == Some("OnDelete");
-                (
+                seen(
+                    &s.metadata,
+                    spec.map(|s| &s.template),
                     Workload::StatefulSet {
                         replicas: spec.and_then(|s| s.replicas),
                     },
-                    rolled(spec.map(|s| &s.template)),
-                    on_delete,
+                    spec.and_then(|s| s.update_strategy.as_ref())
+                        .and_then(|u| u.type_.as_deref()),
                 )
             }),
         WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(c, ns)
@@ -575,20 +632,24 @@ async fn observe_workload(
             .await?
             .map(|d| {
                 let spec = d.spec.as_ref();
-                let on_delete = spec
-                    .and_then(|s| s.update_strategy.as_ref())
-                    .and_then(|u| u.type_.as_deref())
-                    == Some("OnDelete");
-                (
+                seen(
+                    &d.metadata,
+                    spec.map(|s| &s.template),
                     Workload::DaemonSet {
-                        desired_scheduled: d.status.map_or(0, |s| s.desired_number_scheduled),
+                        desired_scheduled: d
+                            .status
+                            .as_ref()
+                            .map_or(0, |s| s.desired_number_scheduled),
                     },
-                    rolled(spec.map(|s| &s.template)),
-                    on_delete,
+                    spec.and_then(|s| s.update_strategy.as_ref())
+                        .and_then(|u| u.type_.as_deref()),
                 )
             }),
         // Pods that follow no template: the user re-creates them; one host.
-        _ => Some((Workload::Single, false, false)),
+        _ => Some(Observed {
+            workload: Some(Workload::Single),
+            ..Default::default()
+        }),
     })
 }
 
@@ -673,12 +734,8 @@ pub async fn reconcile(rs: Arc<RestoreSession>, ctx: Arc<Context>) -> Result<Act
                 }
             }
             Mode::Rollout(kind) | Mode::Recreate(kind) => {
-                if let Some((w, rolled, on_delete)) =
-                    observe_workload(&ctx, &ns, *kind, &r.name, &uid).await?
-                {
-                    seen.workload = Some(w);
-                    seen.rolled = rolled;
-                    seen.on_delete = on_delete;
+                if let Some(o) = observe_workload(&ctx, &ns, *kind, &r.name, &uid).await? {
+                    seen = o;
                 }
             }
         }
@@ -1147,36 +1204,87 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_missing_target_fails_the_restore_with_a_reason() {
-        let rs = session("StatefulSet", "db");
-        verify_with(now, rs, reconcile, |mut api: ApiServer| async move {
-            api.expect(
-                Method::GET,
-                "/apis/apps/v1/namespaces/demo/statefulsets/db",
-                404,
-                not_found("statefulsets \"db\""),
-            )
-            .await;
-            let body = api
-                .expect(
-                    Method::PATCH,
-                    &status_path(),
-                    200,
-                    json!(session("StatefulSet", "db")),
-                )
-                .await;
-            assert_eq!(body["status"]["phase"], "Failed");
-            assert!(
-                body["status"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("target StatefulSet/db not found")
-            );
-            assert_eq!(api.event().await["reason"], "RestoreFailed");
-            api
-        })
+    async fn a_missing_target_is_waited_for_until_the_deadline() {
+        const STS: &str = "/apis/apps/v1/namespaces/demo/statefulsets/db";
+        let action = verify_with(
+            now,
+            session("StatefulSet", "db"),
+            reconcile,
+            |mut api: ApiServer| async move {
+                api.expect(Method::GET, STS, 404, not_found("statefulsets \"db\""))
+                    .await;
+                let body = api
+                    .expect(
+                        Method::PATCH,
+                        &status_path(),
+                        200,
+                        json!(session("StatefulSet", "db")),
+                    )
+                    .await;
+                assert_eq!(body["status"]["phase"], "Pending");
+                let msg = body["status"]["message"].as_str().unwrap();
+                assert!(msg.contains("target StatefulSet/db not found"), "{msg}");
+                let ev = api.event().await;
+                assert_eq!(
+                    (ev["type"].as_str(), ev["reason"].as_str()),
+                    (Some("Warning"), Some("RestoreWaiting"))
+                );
+                api
+            },
+        )
         .await
         .unwrap();
+        assert_eq!(action, Action::requeue(WAIT_RECHECK));
+        // at the deadline: failed, with the reason
+        verify_with(
+            late,
+            session("StatefulSet", "db"),
+            reconcile,
+            |mut api: ApiServer| async move {
+                api.expect(Method::GET, STS, 404, not_found("statefulsets \"db\""))
+                    .await;
+                let body = api
+                    .expect(
+                        Method::PATCH,
+                        &status_path(),
+                        200,
+                        json!(session("StatefulSet", "db")),
+                    )
+                    .await;
+                assert_eq!(body["status"]["phase"], "Failed");
+                let msg = body["status"]["message"].as_str().unwrap();
+                assert!(msg.starts_with("target StatefulSet/db not found"), "{msg}");
+                assert_eq!(api.event().await["reason"], "RestoreFailed");
+                api
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    #[test]
+    fn a_workload_created_after_the_session_is_not_restarted() {
+        let mut rs = session("Deployment", "web");
+        rs.status = Some(RestoreSessionStatus {
+            message: Some(format!("{WAITING}target Deployment/web not found")),
+            ..Default::default()
+        });
+        let seen = Observed {
+            workload: Some(Workload::Single),
+            created: Some("2026-03-10T11:00:30Z".parse().unwrap()),
+            ..Default::default()
+        };
+        let plan = plan_restore(
+            &rs,
+            restore_mode(&rs),
+            &seen,
+            &InjectConfig::default(),
+            now(),
+        );
+        assert_eq!(plan.rollout, None);
+        let c = &plan.status.conditions.as_ref().unwrap()[0];
+        assert_eq!(c.reason, "NewWorkload");
+        assert_eq!(plan.status.message, None, "the waiting message is cleared");
     }
 
     #[tokio::test(start_paused = true)]
