@@ -37,7 +37,7 @@ use crate::blob::{self, BlobType};
 use crate::crypto::OVERHEAD;
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::index::{IndexBlob, IndexFile, IndexPack, parse_index};
+use crate::index::{BlobLocation, IndexBlob, IndexFile, IndexPack, parse_index};
 use crate::pack::{PackWriter, TARGET_PACK_SIZE};
 use crate::repository::{INDEX_MAX_BLOBS, Repository};
 use crate::tree::Tree;
@@ -339,7 +339,12 @@ fn find(recs: &[Rec], t: BlobType, id: &Id) -> Option<usize> {
 /// Marks every blob reachable from the snapshots (bit on the first record
 /// of each used blob). Fails when a referenced blob is not indexed: pruning
 /// then could delete what a snapshot needs.
-fn mark_used(repo: &Repository, recs: &[Rec], roots: &[(Id, Id)]) -> Result<Bits> {
+fn mark_used(
+    repo: &Repository,
+    recs: &[Rec],
+    pack_ids: &[Id],
+    roots: &[(Id, Id)],
+) -> Result<Bits> {
     let mut used = Bits::new(recs.len());
     let missing = |kind: &'static str, id: Id, snap: Id| Error::Corrupted {
         file: format!("snapshots/{}", snap.to_hex()),
@@ -355,7 +360,18 @@ fn mark_used(repo: &Repository, recs: &[Rec], roots: &[(Id, Id)]) -> Result<Bits
                 continue;
             }
             used.set(i);
-            let data = repo.load_blob(BlobType::Tree, &tid)?;
+            // Located through the index files just read, not the
+            // repository's in-memory index, which predates other clients'
+            // writes since it was opened.
+            let r = &recs[i];
+            let loc = BlobLocation {
+                pack: pack_ids[r.pack as usize],
+                offset: u64::from(r.offset),
+                length: u64::from(r.length),
+                uncompressed_length: r.uncompressed_length,
+            };
+            let raw = repo.read_pack_range(&loc.pack, loc.offset, loc.length)?;
+            let data = repo.decode_blob(&tid, &loc, &raw)?;
             let tree = Tree::from_json(&data)
                 .map_err(|e| Error::corrupted(format!("tree blob {tid}"), format!("{e}")))?;
             for node in tree.nodes {
@@ -380,7 +396,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     let (old_index, recs, pack_ids) = load_index_files(repo)?;
     let snaps = repo.snapshots()?;
     let roots: Vec<(Id, Id)> = snaps.iter().map(|(id, s)| (*id, s.tree)).collect();
-    let used_first = mark_used(repo, &recs, &roots)?;
+    let used_first = mark_used(repo, &recs, &pack_ids, &roots)?;
     let mut st = PruneStats {
         dry_run: opts.dry_run,
         snapshots: snaps.len() as u64,

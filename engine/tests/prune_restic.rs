@@ -252,7 +252,7 @@ fn hoard_prunes_a_restic_repository_and_restic_prunes_a_hoard_repository() {
         run(c);
     }
     let mut c = restic(&rdir);
-    c.args(["forget", "--keep-last", "2"]);
+    c.args(["forget", "--group-by", "host", "--keep-last", "2"]);
     run(c);
     let (_, before) = pack_files(&rdir);
     let repo = open_local(&rdir);
@@ -459,7 +459,7 @@ fn prune_stopped_after_any_number_of_writes_leaves_a_repository_restic_accepts()
     });
     let r = Repository::open(counter.clone(), PASSWORD).unwrap();
     let st = prune(&r, &PruneOptions::default()).unwrap();
-    assert!(st.packs_repacked > 0 && st.packs_unindexed == 1, "{st:?}");
+    assert!(st.packs_repacked > 0 && st.packs_unindexed > 0, "{st:?}");
     drop(r);
     let ops = i64::MAX - counter.budget.load(Ordering::SeqCst);
     assert!(
