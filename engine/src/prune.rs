@@ -339,12 +339,7 @@ fn find(recs: &[Rec], t: BlobType, id: &Id) -> Option<usize> {
 /// Marks every blob reachable from the snapshots (bit on the first record
 /// of each used blob). Fails when a referenced blob is not indexed: pruning
 /// then could delete what a snapshot needs.
-fn mark_used(
-    repo: &Repository,
-    recs: &[Rec],
-    pack_ids: &[Id],
-    roots: &[(Id, Id)],
-) -> Result<Bits> {
+fn mark_used(repo: &Repository, recs: &[Rec], pack_ids: &[Id], roots: &[(Id, Id)]) -> Result<Bits> {
     let mut used = Bits::new(recs.len());
     let missing = |kind: &'static str, id: Id, snap: Id| Error::Corrupted {
         file: format!("snapshots/{}", snap.to_hex()),
@@ -760,7 +755,7 @@ fn repack(
     };
     let done = AtomicUsize::new(0);
     let total = work.len();
-    if let Some(cb) = &opts.progress {
+    if let Some(cb) = opts.progress.as_ref().filter(|_| total > 0) {
         cb(PruneEvent::Repacking { done: 0, total });
     }
     par_for_each(&work, cpu_threads(), |p| {
