@@ -855,34 +855,57 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneStats> {
     let (new_packs, new_bytes) = repack(repo, &plan, opts)?;
 
     // Index files for every kept pack and every new one, at most
-    // INDEX_MAX_BLOBS blobs each.
-    let mut files: Vec<Vec<IndexPack>> = vec![Vec::new()];
-    let mut in_file = 0;
-    let kept = plan
+    // INDEX_MAX_BLOBS blobs each. Only the grouping is planned here; each
+    // file's JSON is built by the thread that writes it, so memory holds a
+    // few index files at a time, not a second copy of the whole index.
+    enum Src {
+        Kept(usize),
+        New(usize),
+    }
+    let sources = plan
         .packs
         .iter()
-        .filter(|p| p.action == Action::Keep)
-        .map(|p| IndexPack {
-            id: p.id,
-            blobs: plan.by_pack[p.start..p.end]
+        .enumerate()
+        .filter(|(_, p)| p.action == Action::Keep)
+        .map(|(n, p)| (Src::Kept(n), p.end - p.start))
+        .chain(
+            new_packs
                 .iter()
-                .map(|&r| plan.index_blob(r))
-                .collect(),
-        });
-    for ip in kept.chain(new_packs.iter().cloned()) {
-        if in_file > 0 && in_file + ip.blobs.len() > INDEX_MAX_BLOBS {
+                .enumerate()
+                .map(|(n, p)| (Src::New(n), p.blobs.len())),
+        );
+    let mut files: Vec<Vec<Src>> = vec![Vec::new()];
+    let mut in_file = 0;
+    for (src, blobs) in sources {
+        if in_file > 0 && in_file + blobs > INDEX_MAX_BLOBS {
             files.push(Vec::new());
             in_file = 0;
         }
-        in_file += ip.blobs.len();
+        in_file += blobs;
         if let Some(f) = files.last_mut() {
-            f.push(ip);
+            f.push(src);
         }
     }
     files.retain(|f| !f.is_empty());
     emit(PruneEvent::WritingIndex { files: files.len() });
     let written_ids = Mutex::new(Vec::new());
-    par_for_each(&files, IO_THREADS, |packs| {
+    par_for_each(&files, IO_THREADS, |srcs| {
+        let packs = srcs
+            .iter()
+            .map(|src| match *src {
+                Src::Kept(n) => {
+                    let p = &plan.packs[n];
+                    IndexPack {
+                        id: p.id,
+                        blobs: plan.by_pack[p.start..p.end]
+                            .iter()
+                            .map(|&r| plan.index_blob(r))
+                            .collect(),
+                    }
+                }
+                Src::New(n) => new_packs[n].clone(),
+            })
+            .collect();
         // No `supersedes`: a reader honouring it would drop the old files
         // while the new set is still incomplete.
         let id = repo.save_json(
@@ -890,7 +913,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneStats> {
             "index",
             &IndexFile {
                 supersedes: vec![],
-                packs: packs.clone(),
+                packs,
             },
         )?;
         written_ids
@@ -939,4 +962,117 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneStats> {
     st.bytes_freed = deleted.saturating_sub(new_bytes);
     repo.reload_index()?;
     Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Backend, MemoryBackend};
+    use crate::keyfile::KdfParams;
+    use crate::repository::InitOptions;
+    use crate::snapshot::Snapshot;
+    use crate::tree::{Node, NodeType};
+
+    fn snapshot_of(repo: &Repository, blobs: &[Id]) -> Id {
+        let mut n = Node::new(b"f".to_vec(), NodeType::File);
+        n.content = Some(blobs.to_vec());
+        let json = Tree { nodes: vec![n] }.to_json();
+        let tid = Id::hash(&json);
+        repo.save_blob(BlobType::Tree, tid, &json).unwrap();
+        repo.flush().unwrap();
+        repo.save_snapshot(&Snapshot::new(tid, vec!["/d".into()], "h"))
+            .unwrap()
+    }
+
+    #[test]
+    fn duplicates_keep_one_copy_and_unused_blobs_go() {
+        let be: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let a = Repository::init(
+            be.clone(),
+            "pw",
+            InitOptions {
+                kdf: KdfParams::insecure_fast(),
+                chunker_polynomial: None,
+            },
+        )
+        .unwrap();
+        // `b` opens before `a` flushes, so both store blob x: a duplicate.
+        let b = Repository::open(be.clone(), "pw").unwrap();
+        let x = b"shared".repeat(1000);
+        let y = b"only-a".repeat(1000);
+        let (xid, yid) = (Id::hash(&x), Id::hash(&y));
+        a.save_blob(BlobType::Data, xid, &x).unwrap();
+        a.save_blob(BlobType::Data, yid, &y).unwrap();
+        a.flush().unwrap();
+        b.save_blob(BlobType::Data, xid, &x).unwrap();
+        b.flush().unwrap();
+        snapshot_of(&b, &[xid]);
+
+        let st = prune(&b, &PruneOptions::default()).unwrap();
+        assert_eq!(st.blobs_duplicate, 1, "{st:?}");
+        assert_eq!(st.blobs_used, 2, "x and the tree: {st:?}");
+        // y sat next to a copy of x: that pack is deleted (its x is not the
+        // kept copy) or repacked; either way y is gone and x stays once.
+        let fresh = Repository::open(be.clone(), "pw").unwrap();
+        assert_eq!(fresh.load_blob(BlobType::Data, &xid).unwrap(), x);
+        assert!(!fresh.has_blob(BlobType::Data, &yid));
+        let p = plan(&fresh, &PruneOptions::default()).unwrap();
+        assert_eq!(
+            (p.stats.blobs_duplicate, p.stats.blobs_unused),
+            (0, 0),
+            "{:?}",
+            p.stats
+        );
+        assert!(be.list(FileType::Lock).unwrap().is_empty());
+    }
+
+    #[test]
+    fn max_unused_parses_into_a_threshold_that_stops_repacking() {
+        // 0 %: every partly used pack is repacked.
+        let be: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let repo = Repository::init(
+            be.clone(),
+            "pw",
+            InitOptions {
+                kdf: KdfParams::insecure_fast(),
+                chunker_polynomial: None,
+            },
+        )
+        .unwrap()
+        .with_compression(None);
+        let noise = |n: usize, seed: u8| -> Vec<u8> {
+            (0..n.div_ceil(32))
+                .flat_map(|i| Id::hash(&[seed, (i % 256) as u8, (i / 256) as u8]).0)
+                .take(n)
+                .collect()
+        };
+        let keep = noise(64 << 10, 1);
+        let drop = noise(1 << 10, 2);
+        repo.save_blob(BlobType::Data, Id::hash(&keep), &keep)
+            .unwrap();
+        repo.save_blob(BlobType::Data, Id::hash(&drop), &drop)
+            .unwrap();
+        snapshot_of(&repo, &[Id::hash(&keep)]);
+        let opts = |p: f64| PruneOptions {
+            max_unused_percent: p,
+            dry_run: true,
+            ..Default::default()
+        };
+        // `drop` is a small share of its pack: 5 % tolerates it, 0 % does not.
+        assert_eq!(prune(&repo, &opts(5.0)).unwrap().packs_repacked, 0);
+        assert_eq!(prune(&repo, &opts(0.0)).unwrap().packs_repacked, 1);
+        let st = prune(
+            &repo,
+            &PruneOptions {
+                max_unused_percent: 0.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((st.packs_repacked, st.bytes_unused_after), (1, 0));
+        assert_eq!(
+            repo.load_blob(BlobType::Data, &Id::hash(&keep)).unwrap(),
+            keep
+        );
+    }
 }
