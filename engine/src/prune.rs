@@ -339,6 +339,10 @@ fn find(recs: &[Rec], t: BlobType, id: &Id) -> Option<usize> {
 /// Marks every blob reachable from the snapshots (bit on the first record
 /// of each used blob). Fails when a referenced blob is not indexed: pruning
 /// then could delete what a snapshot needs.
+///
+/// Breadth first, one directory level at a time, with the level's trees
+/// loaded by [`IO_THREADS`] threads: on an object store each tree is a
+/// round trip, and a walk one tree at a time would wait for them in turn.
 fn mark_used(repo: &Repository, recs: &[Rec], pack_ids: &[Id], roots: &[(Id, Id)]) -> Result<Bits> {
     let mut used = Bits::new(recs.len());
     let missing = |kind: &'static str, id: Id, snap: Id| Error::Corrupted {
@@ -347,14 +351,19 @@ fn mark_used(repo: &Repository, recs: &[Rec], pack_ids: &[Id], roots: &[(Id, Id)
             "it references {kind} blob {id}, which is not in the index; prune refuses to run so no data is lost — run `restic check` and `restic rebuild-index`"
         ),
     };
+    // (record, tree id, a snapshot that reaches it — for error messages)
+    let mut level: Vec<(usize, Id, Id)> = Vec::new();
     for (snap, root) in roots {
-        let mut stack = vec![*root];
-        while let Some(tid) = stack.pop() {
-            let i = find(recs, BlobType::Tree, &tid).ok_or_else(|| missing("tree", tid, *snap))?;
-            if used.get(i) {
-                continue;
-            }
+        let i = find(recs, BlobType::Tree, root).ok_or_else(|| missing("tree", *root, *snap))?;
+        if !used.get(i) {
             used.set(i);
+            level.push((i, *root, *snap));
+        }
+    }
+    let used = Mutex::new(used);
+    while !level.is_empty() {
+        let next: Mutex<Vec<(usize, Id, Id)>> = Mutex::new(Vec::new());
+        par_for_each(&level, IO_THREADS, |&(i, tid, snap)| {
             // Located through the index files just read, not the
             // repository's in-memory index, which predates other clients'
             // writes since it was opened.
@@ -369,19 +378,43 @@ fn mark_used(repo: &Repository, recs: &[Rec], pack_ids: &[Id], roots: &[(Id, Id)
             let data = repo.decode_blob(&tid, &loc, &raw)?;
             let tree = Tree::from_json(&data)
                 .map_err(|e| Error::corrupted(format!("tree blob {tid}"), format!("{e}")))?;
-            for node in tree.nodes {
+            drop(data);
+            // Look everything up first, then mark under one short lock; only
+            // the next level's directories are kept, never whole trees.
+            let (mut data_recs, mut sub_recs) = (Vec::new(), Vec::new());
+            for node in &tree.nodes {
                 for cid in node.content.iter().flatten() {
-                    let j = find(recs, BlobType::Data, cid)
-                        .ok_or_else(|| missing("data", *cid, *snap))?;
-                    used.set(j);
+                    data_recs.push(
+                        find(recs, BlobType::Data, cid)
+                            .ok_or_else(|| missing("data", *cid, snap))?,
+                    );
                 }
                 if let Some(sub) = node.subtree {
-                    stack.push(sub);
+                    let j = find(recs, BlobType::Tree, &sub)
+                        .ok_or_else(|| missing("tree", sub, snap))?;
+                    sub_recs.push((j, sub));
                 }
             }
-        }
+            let mut found = Vec::new();
+            {
+                let mut u = used.lock().unwrap_or_else(|e| e.into_inner());
+                for j in data_recs {
+                    u.set(j);
+                }
+                for (j, sub) in sub_recs {
+                    if !u.get(j) {
+                        u.set(j);
+                        found.push((j, sub, snap));
+                    }
+                }
+            }
+            next.lock().unwrap_or_else(|e| e.into_inner()).extend(found);
+            Ok(())
+        })?;
+        let next = next.into_inner().unwrap_or_else(|e| e.into_inner());
+        level = next;
     }
-    Ok(used)
+    Ok(used.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Plans a prune without changing anything. The caller should hold a lock
