@@ -289,32 +289,34 @@ fn load_index_files(repo: &Repository) -> Result<(Vec<Id>, Vec<Rec>, Vec<Id>)> {
         })?);
     }
     names.sort();
-    let files: Mutex<Vec<(usize, IndexFile)>> = Mutex::new(Vec::with_capacity(names.len()));
-    let numbered: Vec<(usize, Id)> = names.iter().copied().enumerate().collect();
-    par_for_each(&numbered, cpu_threads(), |(n, id)| {
+    // Each file becomes records in the thread that parsed it, so at most a
+    // few parsed index files exist at a time next to the compact records.
+    struct Acc {
+        pack_ids: Vec<Id>,
+        pack_nums: HashMap<Id, u32>,
+        recs: Vec<Rec>,
+    }
+    let acc = Mutex::new(Acc {
+        pack_ids: Vec::new(),
+        pack_nums: HashMap::new(),
+        recs: Vec::new(),
+    });
+    par_for_each(&names, cpu_threads(), |id| {
         let json = repo.load_unpacked(FileType::Index, id)?;
         let f = parse_index(&json, &FileType::Index.rel_path(&id.to_hex()))?;
-        files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((*n, f));
-        Ok(())
-    })?;
-    let mut files = files.into_inner().unwrap_or_else(|e| e.into_inner());
-    files.sort_by_key(|(n, _)| *n);
-    let mut pack_ids = Vec::new();
-    let mut pack_nums: HashMap<Id, u32> = HashMap::new();
-    let mut recs = Vec::new();
-    for (_, f) in files {
+        drop(json);
+        let mut a = acc.lock().unwrap_or_else(|e| e.into_inner());
         for p in f.packs {
-            if pack_nums.contains_key(&p.id) {
+            // A pack listed by two index files (after an interrupted
+            // prune) is taken once.
+            if a.pack_nums.contains_key(&p.id) {
                 continue;
             }
-            let pn = u32::try_from(pack_ids.len())
+            let pn = u32::try_from(a.pack_ids.len())
                 .map_err(|_| Error::corrupted("index", "more than 2^32 packs"))?;
-            pack_nums.insert(p.id, pn);
-            pack_ids.push(p.id);
-            recs.extend(p.blobs.into_iter().map(|b| Rec {
+            a.pack_nums.insert(p.id, pn);
+            a.pack_ids.push(p.id);
+            a.recs.extend(p.blobs.into_iter().map(|b| Rec {
                 id: b.id,
                 pack: pn,
                 offset: b.offset,
@@ -323,7 +325,11 @@ fn load_index_files(repo: &Repository) -> Result<(Vec<Id>, Vec<Rec>, Vec<Id>)> {
                 blob_type: b.blob_type,
             }));
         }
-    }
+        Ok(())
+    })?;
+    let Acc {
+        pack_ids, mut recs, ..
+    } = acc.into_inner().unwrap_or_else(|e| e.into_inner());
     recs.sort_unstable_by(|a, b| {
         (a.blob_type, a.id, a.pack, a.offset).cmp(&(b.blob_type, b.id, b.pack, b.offset))
     });
