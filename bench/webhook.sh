@@ -7,8 +7,9 @@
 # ReplicaSet) and sends pod-CREATE AdmissionReviews from
 # shared/fixtures/admission over TLS with keep-alive using `oha`
 # (crates.io: `cargo install oha`): first at a fixed 1,000 req/s, then flat
-# out. Without oha it falls back to `wrk` (Debian: `apt-get install wrk`),
-# which cannot hold a fixed rate, so only the flat-out runs happen.
+# out. Without oha it uses `h2load` (Debian: `apt-get install nghttp2-client`)
+# for the fixed rate, over HTTP/2 as the kube-apiserver calls webhooks, and
+# `wrk` (Debian: `apt-get install wrk`) flat out over HTTP/1.1 keep-alive.
 # Prints p50/p99/max latency, throughput and the server's RSS.
 #
 # Usage: bench/webhook.sh [duration-seconds]   (OHA=/path/to/oha to override)
@@ -25,8 +26,8 @@ FIXTURES=shared/fixtures/admission
 [ -d "$FIXTURES" ] || FIXTURES=../shared/fixtures/admission
 if command -v "$OHA" >/dev/null; then GEN=oha
 elif command -v wrk >/dev/null; then GEN=wrk
-  echo "oha not found (cargo install oha): using wrk, flat-out runs only" >&2
-else echo "need oha (cargo install oha) or wrk (apt-get install wrk)" >&2; exit 1; fi
+  echo "oha not found (cargo install oha): using wrk flat out and h2load (if installed) at a fixed rate" >&2
+else echo "need oha (cargo install oha) or wrk (apt-get install wrk nghttp2-client)" >&2; exit 1; fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build --release -q -p webhook --example bench-server
@@ -75,6 +76,26 @@ print(f"{label:<34} {float(rps):>9.0f} req/s  p50 {ms(p['50']):.3f} ms  p99 {ms(
 PY
 }
 
+run_h2load() { # label, fixture, clients, requests/s per client (0: flat out), extra h2load args...
+  local label="$1" fixture="$2" clients="$3" rps="$4"; shift 4
+  local rate=(); [ "$rps" -gt 0 ] && rate=(--rps "$rps")
+  rm -f "$WORK/h2load.log"
+  h2load -c "$clients" -t 1 "${rate[@]}" -D "$DURATION" -d "$FIXTURES/$fixture" \
+    -H 'content-type: application/json' --log-file "$WORK/h2load.log" "$@" \
+    "https://127.0.0.1:$PORT/mutate/pods?timeout=10s" > "$WORK/h2load.txt"
+  python3 - "$label" "$WORK/h2load.log" "$WORK/h2load.txt" "$DURATION" <<'PY'
+import re, sys
+label, log, text, duration = sys.argv[1], sys.argv[2], open(sys.argv[3]).read(), float(sys.argv[4])
+rows = [line.split("\t") for line in open(log) if line.strip()]
+lat = sorted(int(r[2]) / 1000 for r in rows)
+bad = sum(1 for r in rows if r[1] != "200")
+pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
+proto = re.search(r"Application protocol: (\S+)", text)
+print(f"{label:<34} {len(rows) / duration:>9.0f} req/s  p50 {pct(0.50):.3f} ms  p99 {pct(0.99):.3f} ms"
+      f"  max {lat[-1]:.3f} ms  non-200 {bad}  ({proto.group(1) if proto else '?'})")
+PY
+}
+
 run() { # label, fixture, extra oha args...
   local label="$1" fixture="$2"; shift 2
   "$OHA" --no-tui --output-format json -z "${DURATION}s" -m POST \
@@ -102,6 +123,17 @@ if [ "$GEN" = oha ]; then
   run "deployment pod (patched)"          pod-create-deployment.json        -c "$CONNECTIONS"
   run "bare pod (skipped)"                pod-create-dryrun.json            -c "$CONNECTIONS"
 else
+  if command -v h2load >/dev/null; then
+    echo "--- h2load: fixed rate 1000 req/s (10 connections x 100 req/s), ${DURATION}s"
+    run_h2load "statefulset pod (patched-restore) h2" pod-create-statefulset-web-1.json 10 100
+    run_h2load "deployment pod (patched) h2"          pod-create-deployment.json        10 100
+    run_h2load "bare pod (skipped) h2"                pod-create-dryrun.json            10 100
+    run_h2load "statefulset pod http/1.1"             pod-create-statefulset-web-1.json 10 100 --h1
+    echo "--- h2load: flat out, ${DURATION}s, $CONNECTIONS connections, 1 stream each"
+    run_h2load "statefulset pod (patched-restore) h2" pod-create-statefulset-web-1.json "$CONNECTIONS" 0
+  else
+    echo "h2load not found (apt-get install nghttp2-client): no fixed-rate run" >&2
+  fi
   echo "--- wrk: flat out, ${DURATION}s, 2 threads"
   for c in 1 "$CONNECTIONS"; do
     run_wrk "statefulset pod (patched-restore) c=$c" pod-create-statefulset-web-1.json "$c"

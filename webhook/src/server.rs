@@ -11,6 +11,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,8 +26,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::events::EventSink;
 use crate::metrics::Metrics;
 use crate::mutate::{InjectConfig, Outcome};
 use crate::review;
@@ -69,6 +71,8 @@ pub struct Admission {
     pub inject: Arc<InjectConfig>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Where Warning Events about malformed annotations go (never waits).
+    pub events: EventSink,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -101,9 +105,21 @@ fn is_json(req: &http::request::Parts) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// The decision from a complete body: [`review::answer`], or a stand-in in
+/// tests.
+type Decide = fn(&[u8], &State, &InjectConfig) -> review::Answer;
+
 impl Admission {
     /// Answers one HTTP request.
     pub async fn handle<B>(&self, req: Request<B>) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        self.handle_with(req, review::answer).await
+    }
+
+    async fn handle_with<B>(&self, req: Request<B>, decide: Decide) -> Reply
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -168,7 +184,21 @@ impl Admission {
             }
         };
         let start = Instant::now();
-        let answer = review::answer(&bytes, &self.state, &self.inject);
+        // A panic here is a bug in Hoard; it must not become a dropped
+        // connection (the API server would log a failing webhook for every
+        // pod) nor take the connection's other requests with it. The state
+        // is only read, so nothing is left half-changed.
+        let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            decide(&bytes, &self.state, &self.inject)
+        }));
+        let mut answer = decided.unwrap_or_else(|_| {
+            self.metrics.panicked();
+            error!("the admission decision panicked; the pod was allowed unchanged");
+            review::after_panic(&bytes)
+        });
+        if let Some(p) = answer.event.take() {
+            self.events.send(p, &self.metrics);
+        }
         self.metrics.observe(
             answer.outcome,
             start.elapsed().as_secs_f64(),
@@ -258,5 +288,58 @@ pub async fn serve(
         .is_err()
     {
         warn!("connections still open after the drain timeout; closing them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission() -> Admission {
+        Admission {
+            state: Arc::new(State::new()),
+            inject: Arc::new(InjectConfig::default()),
+            metrics: Arc::new(Metrics::new()),
+            limits: Limits::default(),
+            events: EventSink::disabled(),
+        }
+    }
+
+    fn post(body: &'static str) -> Request<Full<Bytes>> {
+        Request::post(MUTATE_PODS_PATH)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    }
+
+    const REVIEW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview",
+        "request":{"uid":"u-1","kind":{"group":"","version":"v1","kind":"Pod"},
+        "resource":{"group":"","version":"v1","resource":"pods"},"operation":"CREATE",
+        "namespace":"demo","userInfo":{},"object":{"metadata":{"name":"p"},"spec":{"containers":[]}}}}"#;
+
+    #[tokio::test]
+    async fn a_panicking_decision_still_allows_the_pod_with_a_warning() {
+        let svc = admission();
+        let reply = svc
+            .handle_with(post(REVIEW), |_, _, _| panic!("injected bug"))
+            .await;
+        assert_eq!(reply.status(), StatusCode::OK);
+        let body = reply.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["kind"], "AdmissionReview");
+        assert_eq!(v["response"]["uid"], "u-1");
+        assert_eq!(v["response"]["allowed"], true);
+        assert!(v["response"].get("patch").is_none());
+        let warning = v["response"]["warnings"][0].as_str().unwrap();
+        assert!(warning.contains("a bug"), "{warning}");
+        assert_eq!(svc.metrics.panics(), 1);
+        assert_eq!(svc.metrics.reviews(Outcome::Skipped), 1);
+
+        // The same service keeps answering.
+        let reply = svc.handle(post(REVIEW)).await;
+        assert_eq!(reply.status(), StatusCode::OK);
+        assert_eq!(svc.metrics.panics(), 1);
+        assert_eq!(svc.metrics.reviews(Outcome::Skipped), 2);
     }
 }

@@ -406,4 +406,48 @@ mod tests {
             ]
         );
     }
+
+    /// The memory budget (100k ReplicaSets cost little) rests on
+    /// the ReplicaSet watch being metadata-only: no pod templates are sent
+    /// or decoded. Asserted on the requests the watch actually makes.
+    #[tokio::test]
+    async fn replicasets_are_listed_metadata_only_and_the_crds_in_full() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(svc, "default");
+        let state = State::new();
+        let watch = tokio::spawn(async move { run(client, &state).await });
+        let mut seen = std::collections::BTreeMap::new();
+        while seen.len() < 3 {
+            let (req, send) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), handle.next_request())
+                    .await
+                    .expect("the watches list their resources")
+                    .expect("client alive");
+            let accept = req
+                .headers()
+                .get(http::header::ACCEPT)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            seen.insert(req.uri().path().to_owned(), accept);
+            // Answer nothing useful; the test only looks at the requests.
+            send.send_error(std::io::Error::other("test: not answered"));
+        }
+        watch.abort();
+        let rs = &seen["/apis/apps/v1/replicasets"];
+        assert!(
+            rs.contains("as=PartialObjectMetadataList"),
+            "ReplicaSets must be listed metadata-only, Accept was {rs:?}"
+        );
+        for crd in [
+            "/apis/hoard.dev/v1beta1/backupconfigurations",
+            "/apis/hoard.dev/v1beta1/restoresessions",
+        ] {
+            assert!(
+                !seen[crd].contains("PartialObjectMetadata"),
+                "{crd} needs its spec"
+            );
+        }
+    }
 }
