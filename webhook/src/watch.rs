@@ -119,7 +119,16 @@ pub fn restore_summary(rs: &RestoreSession) -> Option<RestoreSummary> {
         resources: container.and_then(|c| c.resources.clone()),
         run_as_user: security.and_then(|s| s.run_as_user),
         run_as_group: security.and_then(|s| s.run_as_group),
-        deadline_seconds: None,
+        // The session's `timeOut`; absent (or, past CRD validation,
+        // unreadable) means the webhook's default. The controllers fail the
+        // session at its deadline and the agent writes a failure marker, so
+        // this is the init-container's backstop, not its usual way out.
+        deadline_seconds: rs
+            .spec
+            .time_out
+            .as_ref()
+            .and_then(|_| rs.spec.timeout().ok())
+            .map(|d| d.as_secs()),
     })
 }
 
@@ -336,6 +345,7 @@ mod tests {
                      "paths": ["/source/data"]},
                     {"targetHosts": [], "sourceHost": "", "paths": ["/source/data"]}
                 ],
+                "timeOut": "1h30m",
                 "runtimeSettings": {"container": {
                     "resources": {"limits": {"memory": "256M"}, "requests": {"memory": "256M"}},
                     "securityContext": {"runAsGroup": 2000, "runAsUser": 2000}
@@ -364,6 +374,14 @@ mod tests {
             }]
         );
         assert_eq!((s.run_as_user, s.run_as_group), (Some(2000), Some(2000)));
+        assert_eq!(s.deadline_seconds, Some(5400), "the session's timeOut");
+        let mut no_timeout = rs.clone();
+        no_timeout.spec.time_out = None;
+        assert_eq!(
+            restore_summary(&no_timeout).unwrap().deadline_seconds,
+            None,
+            "the webhook's default applies"
+        );
         assert!(!s.finished);
         assert!(!s.owes("host-1"), "host-1 already finished");
         assert!(s.owes("host-2") && s.owes("host-3") && s.owes("host-0"));
