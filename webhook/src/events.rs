@@ -47,6 +47,9 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(600);
 /// Objects remembered for deduplication; beyond this the oldest is
 /// forgotten (a few hundred bytes each: ≤ ~4 MiB).
 pub const DEDUP_CAPACITY: usize = 10_000;
+/// Bound on each API call of the background task: a stuck API server
+/// delays events (and then drops them at the full queue), never forever.
+pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Events API caps `note` at 1 kB.
 const MAX_NOTE: usize = 1024;
 
@@ -168,7 +171,8 @@ pub async fn run(
             metrics.event(EventResult::Deduplicated);
             continue;
         }
-        fill_uid(&client, &mut p.regarding).await;
+        // Without the uid the event is still listed by `kubectl get events`.
+        let _ = tokio::time::timeout(API_TIMEOUT, fill_uid(&client, &mut p.regarding)).await;
         let ev = Event {
             type_: EventType::Warning,
             reason: REASON_INVALID_ANNOTATIONS.into(),
@@ -176,7 +180,14 @@ pub async fn run(
             action: ACTION_ADMIT.into(),
             secondary: None,
         };
-        match recorder.publish(&ev, &p.regarding).await {
+        let published = tokio::time::timeout(API_TIMEOUT, recorder.publish(&ev, &p.regarding))
+            .await
+            .unwrap_or_else(|_| {
+                Err(kube::Error::Service(
+                    format!("no answer within {API_TIMEOUT:?}").into(),
+                ))
+            });
+        match published {
             Ok(()) => metrics.event(EventResult::Published),
             Err(e) => {
                 metrics.event(EventResult::Failed);

@@ -198,3 +198,42 @@ async fn a_deployment_that_cannot_be_read_still_gets_its_event() {
     api.done().await;
     task.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_api_server_delays_events_but_never_stalls_them() {
+    let (sink, metrics, mut api, task) = start();
+    sink.send(
+        problem("StatefulSet", "a", Some("a-uid"), "hoard: bad"),
+        &metrics,
+    );
+    sink.send(
+        problem("StatefulSet", "b", Some("b-uid"), "hoard: bad"),
+        &metrics,
+    );
+    // The API server takes the first event and never answers.
+    let (req, _never_answered) = tokio::time::timeout(STEP, api.0.next_request())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(req.method(), Method::POST);
+    // After the timeout (the paused clock jumps there) the next one goes out.
+    let (req, send) = tokio::time::timeout(events::API_TIMEOUT * 2, api.0.next_request())
+        .await
+        .expect("the second event is sent after the first timed out")
+        .unwrap();
+    assert_eq!(req.method(), Method::POST);
+    let body = req.into_body().collect_bytes().await.unwrap();
+    let ev: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(ev["regarding"]["name"], "b");
+    send.send_response(
+        Response::builder()
+            .status(201)
+            .body(Body::from(body.to_vec()))
+            .unwrap(),
+    );
+    drop(sink);
+    api.done().await;
+    task.await.unwrap();
+    assert_eq!(metrics.events(EventResult::Failed), 1);
+    assert_eq!(metrics.events(EventResult::Published), 1);
+}
