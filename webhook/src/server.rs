@@ -14,6 +14,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -63,6 +64,9 @@ impl Default for Limits {
         }
     }
 }
+
+/// How often an idle HTTP/2 connection is pinged.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The admission service. Cheap to clone: one per connection.
 #[derive(Clone, Debug)]
@@ -224,6 +228,28 @@ where
     }
 }
 
+/// Notes that a connection delivered a request (its headers were read).
+#[derive(Clone)]
+struct FirstRequest {
+    inner: Admission,
+    seen: Arc<AtomicBool>,
+}
+
+impl<B> hyper::service::Service<Request<B>> for FirstRequest
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = <Admission as hyper::service::Service<Request<B>>>::Future;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        self.seen.store(true, Ordering::Relaxed);
+        self.inner.call(req)
+    }
+}
+
 /// Serves `svc` over TLS on `listener` until `shutdown` completes, then lets
 /// open connections finish for up to `limits.drain_timeout`.
 pub async fn serve(
@@ -239,7 +265,13 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // The API server keeps its HTTP/2 connection open between reviews; a
+    // peer that vanished without a FIN is found by an unanswered ping.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(limits.header_read_timeout);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -274,10 +306,32 @@ pub async fn serve(
                         return;
                     }
                 };
-            let conn = builder
-                .serve_connection(TokioIo::new(tls), svc)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
+            // hyper's header read timeout covers HTTP/1 requests once bytes
+            // arrive, but neither the HTTP/1-or-2 detection nor the HTTP/2
+            // preface is bounded: a client that completes the handshake and
+            // sends nothing would hold the connection forever.
+            let seen = Arc::new(AtomicBool::new(false));
+            let svc = FirstRequest {
+                inner: svc,
+                seen: seen.clone(),
+            };
+            let conn = watcher.watch(
+                builder
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .into_owned(),
+            );
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = &mut conn => ended,
+                () = tokio::time::sleep(limits.header_read_timeout) => {
+                    if !seen.load(Ordering::Relaxed) {
+                        debug!(%peer, "no request within the header read timeout; closing");
+                        return;
+                    }
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });
