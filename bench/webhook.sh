@@ -7,8 +7,9 @@
 # ReplicaSet) and sends pod-CREATE AdmissionReviews from
 # shared/fixtures/admission over TLS with keep-alive using `oha`
 # (crates.io: `cargo install oha`): first at a fixed 1,000 req/s, then flat
-# out. Without oha it falls back to `wrk` (Debian: `apt-get install wrk`),
-# which cannot hold a fixed rate, so only the flat-out runs happen.
+# out. Without oha it uses `h2load` (Debian: `apt-get install nghttp2-client`)
+# for the fixed rate, over HTTP/2 as the kube-apiserver calls webhooks, and
+# `wrk` (Debian: `apt-get install wrk`) flat out over HTTP/1.1 keep-alive.
 # Prints p50/p99/max latency, throughput and the server's RSS.
 #
 # Usage: bench/webhook.sh [duration-seconds]   (OHA=/path/to/oha to override)
@@ -25,8 +26,8 @@ FIXTURES=shared/fixtures/admission
 [ -d "$FIXTURES" ] || FIXTURES=../shared/fixtures/admission
 if command -v "$OHA" >/dev/null; then GEN=oha
 elif command -v wrk >/dev/null; then GEN=wrk
-  echo "oha not found (cargo install oha): using wrk, flat-out runs only" >&2
-else echo "need oha (cargo install oha) or wrk (apt-get install wrk)" >&2; exit 1; fi
+  echo "oha not found (cargo install oha): using wrk flat out and h2load (if installed) at a fixed rate" >&2
+else echo "need oha (cargo install oha) or wrk (apt-get install wrk nghttp2-client)" >&2; exit 1; fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build --release -q -p webhook --example bench-server
@@ -46,6 +47,7 @@ for _ in $(seq 1 100); do
 done
 curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$SERVER_PID/status"; }
 echo "server ready: $((WORKLOADS * 2)) workloads cached, RSS $(( $(rss_kib) / 1024 )) MiB"
@@ -57,11 +59,15 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local f = io.open("$FIXTURES/$fixture", "rb"); wrk.body = f:read("*a"); f:close()
 LUA
+  local cpu0; cpu0="$(cpu_ticks)"
   wrk -t "$(( conns < 2 ? conns : 2 ))" -c "$conns" -d "${DURATION}s" --latency -s "$WORK/post.lua" \
     "https://127.0.0.1:$PORT/mutate/pods?timeout=10s" > "$WORK/wrk.txt"
-  python3 - "$label" "$WORK/wrk.txt" <<'PY'
+  local cpu=$(( $(cpu_ticks) - cpu0 ))
+  python3 - "$label" "$WORK/wrk.txt" "$cpu" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
 label, text = sys.argv[1], open(sys.argv[2]).read()
+cpu_s = int(sys.argv[3]) / int(sys.argv[4])
+n = max(int(re.search(r"(\d+) requests in", text).group(1)), 1)
 def ms(v):
     n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
     return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
@@ -71,7 +77,32 @@ rps = re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)
 bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 err = re.search(r"Socket errors: (.*)", text)
 print(f"{label:<34} {float(rps):>9.0f} req/s  p50 {ms(p['50']):.3f} ms  p99 {ms(p['99']):.3f} ms"
-      f"  max {ms(mx):.3f} ms  non-2xx {bad.group(1) if bad else 0}  {err.group(0) if err else ''}")
+      f"  max {ms(mx):.3f} ms  non-2xx {bad.group(1) if bad else 0}  {err.group(0) if err else ''}"
+      f"  server CPU {cpu_s * 1e6 / n:.0f} us/req")
+PY
+}
+
+run_h2load() { # label, fixture, clients, requests/s per client (0: flat out), extra h2load args...
+  local label="$1" fixture="$2" clients="$3" rps="$4"; shift 4
+  local rate=(); [ "$rps" -gt 0 ] && rate=(--rps "$rps")
+  rm -f "$WORK/h2load.log"
+  local cpu0; cpu0="$(cpu_ticks)"
+  h2load -c "$clients" -t 1 "${rate[@]}" -D "$DURATION" -d "$FIXTURES/$fixture" \
+    -H 'content-type: application/json' --log-file "$WORK/h2load.log" "$@" \
+    "https://127.0.0.1:$PORT/mutate/pods?timeout=10s" > "$WORK/h2load.txt"
+  local cpu=$(( $(cpu_ticks) - cpu0 ))
+  python3 - "$label" "$WORK/h2load.log" "$WORK/h2load.txt" "$DURATION" "$cpu" "$(getconf CLK_TCK)" <<'PY'
+import re, sys
+label, log, text, duration = sys.argv[1], sys.argv[2], open(sys.argv[3]).read(), float(sys.argv[4])
+cpu_s = int(sys.argv[5]) / int(sys.argv[6])
+rows = [line.split("\t") for line in open(log) if line.strip()]
+lat = sorted(int(r[2]) / 1000 for r in rows)
+bad = sum(1 for r in rows if r[1] != "200")
+pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
+proto = re.search(r"Application protocol: (\S+)", text)
+print(f"{label:<34} {len(rows) / duration:>9.0f} req/s  p50 {pct(0.50):.3f} ms  p99 {pct(0.99):.3f} ms"
+      f"  max {lat[-1]:.3f} ms  non-200 {bad}  server CPU {cpu_s * 1e6 / max(len(rows), 1):.0f} us/req"
+      f"  ({proto.group(1) if proto else '?'})")
 PY
 }
 
@@ -102,6 +133,21 @@ if [ "$GEN" = oha ]; then
   run "deployment pod (patched)"          pod-create-deployment.json        -c "$CONNECTIONS"
   run "bare pod (skipped)"                pod-create-dryrun.json            -c "$CONNECTIONS"
 else
+  if command -v h2load >/dev/null; then
+    # One connection, one request in flight, paced to 1,000 req/s. (h2load
+    # paces in bursts: with -m 10, or 10 connections x 100 req/s, ~10
+    # requests start within microseconds of each other every 10 ms, which
+    # measures a queue of 10, not a steady rate.)
+    echo "--- h2load: fixed rate 1000 req/s, 1 connection, 1 request in flight, ${DURATION}s"
+    run_h2load "statefulset pod (patched-restore) h2" pod-create-statefulset-web-1.json 1 1000 -m 1
+    run_h2load "deployment pod (patched) h2"          pod-create-deployment.json        1 1000 -m 1
+    run_h2load "bare pod (skipped) h2"                pod-create-dryrun.json            1 1000 -m 1
+    run_h2load "statefulset pod http/1.1"             pod-create-statefulset-web-1.json 1 1000 --h1
+    echo "--- h2load: flat out, ${DURATION}s, $CONNECTIONS connections, 1 stream each"
+    run_h2load "statefulset pod (patched-restore) h2" pod-create-statefulset-web-1.json "$CONNECTIONS" 0
+  else
+    echo "h2load not found (apt-get install nghttp2-client): no fixed-rate run" >&2
+  fi
   echo "--- wrk: flat out, ${DURATION}s, 2 threads"
   for c in 1 "$CONNECTIONS"; do
     run_wrk "statefulset pod (patched-restore) c=$c" pod-create-statefulset-web-1.json "$c"

@@ -64,6 +64,8 @@ async fn main() -> anyhow::Result<()> {
         inject: Arc::new(InjectConfig::default()),
         metrics: metrics.clone(),
         limits: Limits::default(),
+        // No cluster: nothing to record events in.
+        events: webhook::events::EventSink::disabled(),
     };
     let listener = TcpListener::bind(args.listen).await?;
     let admin = TcpListener::bind(args.admin_listen).await?;

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span};
 
+use crate::events::EventSink;
 use crate::metrics::Metrics;
 use crate::mutate::{DEFAULT_DEADLINE_SECS, InjectConfig};
 use crate::server::{Admission, Limits};
@@ -226,6 +227,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .instrument(info_span!("tls")),
         );
     }
+    let (events, events_rx) = EventSink::channel(crate::events::CHANNEL_CAPACITY);
+    {
+        let (client, metrics) = (client.clone(), metrics.clone());
+        tasks.spawn(
+            async move {
+                // Ends only when the admission server (the last sender) is
+                // gone, i.e. after a shutdown.
+                crate::events::run(client, crate::events::reporter(), events_rx, metrics).await;
+                "event recorder"
+            }
+            .instrument(info_span!("events")),
+        );
+    }
     {
         let svc = Admission {
             state: state.clone(),
@@ -235,6 +249,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }),
             metrics: metrics.clone(),
             limits: Limits::default(),
+            events,
         };
         let stop = stop.clone();
         tasks.spawn(

@@ -7,6 +7,9 @@
 //! * [`server`] terminates TLS ([`tls`] reloads rotated certificates),
 //!   decodes `AdmissionReview`s ([`review`]) and calls the pure
 //!   [`mutate::mutate`], which reads only the state;
+//! * [`events`] records Warning Events about malformed annotations on the
+//!   workload, from a background task fed by a bounded channel (never on
+//!   the admission path);
 //! * [`admin`] serves `/live`, `/ready` and `/metrics` ([`metrics`]) on a
 //!   plain-HTTP port;
 //! * [`workload`] resolves a pod's owner and backup host name;
@@ -19,7 +22,7 @@
 pub mod admin;
 pub mod args;
 pub mod controllers;
-pub mod keys;
+pub mod events;
 pub mod metrics;
 pub mod mutate;
 pub mod review;

@@ -4,7 +4,8 @@
 //! fixed sets; no object names or error texts become labels.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::mutate::Outcome;
@@ -19,6 +20,37 @@ pub struct Metrics {
     cache_objects: IntGaugeVec,
     cache_synced: IntGaugeVec,
     cert_reloads: IntCounterVec,
+    events: IntCounterVec,
+    panics: IntCounter,
+}
+
+/// What became of a Warning Event the admission path asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventResult {
+    Published,
+    /// The same problem on the same object was reported recently.
+    Deduplicated,
+    /// The queue to the background task was full.
+    Dropped,
+    /// The API server refused it.
+    Failed,
+}
+
+impl EventResult {
+    pub const ALL: [EventResult; 4] = [
+        EventResult::Published,
+        EventResult::Deduplicated,
+        EventResult::Dropped,
+        EventResult::Failed,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventResult::Published => "published",
+            EventResult::Deduplicated => "deduplicated",
+            EventResult::Dropped => "dropped",
+            EventResult::Failed => "failed",
+        }
+    }
 }
 
 /// Buckets from 50µs to 1s: the target is p99 ≤ 1 ms, the API server's
@@ -70,6 +102,19 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let events = IntCounterVec::new(
+            Opts::new(
+                "events_total",
+                "Warning Events about workload annotations, by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let panics = IntCounter::with_opts(Opts::new(
+            "review_panics_total",
+            "Reviews whose decision panicked (a bug); the pod was allowed unchanged",
+        ))
+        .expect("valid metric");
         for m in [
             Box::new(reviews.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -77,6 +122,8 @@ impl Metrics {
             Box::new(cache_objects.clone()),
             Box::new(cache_synced.clone()),
             Box::new(cert_reloads.clone()),
+            Box::new(events.clone()),
+            Box::new(panics.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -94,6 +141,9 @@ impl Metrics {
         for r in ["ok", "rejected"] {
             cert_reloads.with_label_values(&[r]);
         }
+        for r in EventResult::ALL {
+            events.with_label_values(&[r.as_str()]);
+        }
         Metrics {
             registry,
             reviews,
@@ -102,6 +152,8 @@ impl Metrics {
             cache_objects,
             cache_synced,
             cert_reloads,
+            events,
+            panics,
         }
     }
 
@@ -125,6 +177,23 @@ impl Metrics {
         self.cert_reloads
             .with_label_values(&[if ok { "ok" } else { "rejected" }])
             .inc();
+    }
+
+    pub fn event(&self, result: EventResult) {
+        self.events.with_label_values(&[result.as_str()]).inc();
+    }
+
+    pub fn events(&self, result: EventResult) -> u64 {
+        self.events.with_label_values(&[result.as_str()]).get()
+    }
+
+    /// Counts a decision that panicked (the review was still answered).
+    pub fn panicked(&self) {
+        self.panics.inc();
+    }
+
+    pub fn panics(&self) -> u64 {
+        self.panics.get()
     }
 
     pub fn reviews(&self, outcome: Outcome) -> u64 {

@@ -26,9 +26,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde_json::Value;
 
-use crate::keys;
+use crate::events::Problem;
 use crate::state::{RestoreSummary, State};
 use crate::workload::{self, Owner};
+use api::keys;
 
 /// What the webhook injects, from its command line.
 #[derive(Clone, Debug)]
@@ -83,14 +84,34 @@ impl Outcome {
 pub struct Mutation {
     pub response: AdmissionResponse,
     pub outcome: Outcome,
+    /// Malformed annotations, to be recorded as a Warning Event on the
+    /// workload (never for a dry run).
+    pub event: Option<Problem>,
 }
 
-/// Decides what a pod gets. Pure: reads `state`, calls nothing.
+/// Decides what a pod gets. Pure: reads `state`, calls nothing; the
+/// returned [`Mutation::event`] is for the caller to record.
 pub fn mutate(req: &AdmissionRequest<Pod>, state: &State, cfg: &InjectConfig) -> Mutation {
+    let mut event = None;
+    let mut m = decide(req, state, cfg, &mut event);
+    // Dry runs have no side effects (`sideEffects: None`): no event.
+    if !req.dry_run {
+        m.event = event;
+    }
+    m
+}
+
+fn decide(
+    req: &AdmissionRequest<Pod>,
+    state: &State,
+    cfg: &InjectConfig,
+    event: &mut Option<Problem>,
+) -> Mutation {
     let resp = AdmissionResponse::from(req);
     let skip = |resp: AdmissionResponse| Mutation {
         response: resp,
         outcome: Outcome::Skipped,
+        event: None,
     };
     if req.operation != Operation::Create || req.sub_resource.is_some() {
         return skip(resp);
@@ -102,9 +123,10 @@ pub fn mutate(req: &AdmissionRequest<Pod>, state: &State, cfg: &InjectConfig) ->
                 vec!["hoard: the review carried no pod object; nothing was changed".into()],
             ),
             outcome: Outcome::Invalid,
+            event: None,
         };
     };
-    if label(pod, keys::PART_OF) == Some(keys::PART_OF_HOARD) {
+    if label(pod, keys::LABEL_PART_OF) == Some(keys::PART_OF_HOARD) {
         return skip(resp);
     }
     let Some(ns) = req
@@ -118,31 +140,34 @@ pub fn mutate(req: &AdmissionRequest<Pod>, state: &State, cfg: &InjectConfig) ->
     let mut warnings = Vec::new();
     let auto_backup = check_auto_backup(pod, &mut warnings);
     let owner = workload::resolve_owner(pod, &req.name, ns, state);
+    match &owner {
+        Owner::Workload { .. } => {}
+        Owner::UnnamedPod if auto_backup => warnings.push(format!(
+            "hoard: {} is ignored on a bare pod created with only generateName; \
+             put it on a Deployment or StatefulSet pod template instead",
+            keys::ANNOTATION_BACKUP
+        )),
+        Owner::Unsupported { kind, name } if auto_backup => warnings.push(format!(
+            "hoard: {} is ignored on pods of {kind} {name}; Hoard backs up \
+             Deployments, StatefulSets, DaemonSets, ReplicaSets, \
+             ReplicationControllers and bare pods",
+            keys::ANNOTATION_BACKUP
+        )),
+        Owner::UnnamedPod | Owner::Unsupported { .. } => {}
+    }
+    // Everything warned about so far is about the annotations the user
+    // wrote on the pod template: worth an event on that workload, which
+    // outlives this pod and is where `kubectl describe` is pointed.
+    if !warnings.is_empty() {
+        *event = workload::regarding(&owner, pod, ns).map(|regarding| Problem {
+            regarding,
+            note: warnings.join("; "),
+        });
+    }
     // The target annotation names the Deployment, not the ReplicaSet in
     // between: that changes with every rollout, the Deployment does not.
-    let top = match &owner {
-        Owner::Workload { top, .. } => top,
-        Owner::UnnamedPod => {
-            if auto_backup {
-                warnings.push(format!(
-                    "hoard: {} is ignored on a bare pod created with only generateName; \
-                     put it on a Deployment or StatefulSet pod template instead",
-                    keys::AUTO_BACKUP
-                ));
-            }
-            return skip(with_warnings(resp, warnings));
-        }
-        Owner::Unsupported { kind, name } => {
-            if auto_backup {
-                warnings.push(format!(
-                    "hoard: {} is ignored on pods of {kind} {name}; Hoard backs up \
-                     Deployments, StatefulSets, DaemonSets, ReplicaSets, \
-                     ReplicationControllers and bare pods",
-                    keys::AUTO_BACKUP
-                ));
-            }
-            return skip(with_warnings(resp, warnings));
-        }
+    let Owner::Workload { top, .. } = &owner else {
+        return skip(with_warnings(resp, warnings));
     };
 
     let configs = state.backups_for(ns, owner.workloads());
@@ -193,14 +218,16 @@ pub fn mutate(req: &AdmissionRequest<Pod>, state: &State, cfg: &InjectConfig) ->
     if workload::is_label_value(&host) {
         labels.insert(keys::HOST, host.clone());
     }
-    let mut annotations =
-        BTreeMap::from([(keys::HOST, host.clone()), (keys::TARGET, top.to_string())]);
+    let mut annotations = BTreeMap::from([
+        (keys::HOST, host.clone()),
+        (keys::ANNOTATION_TARGET, top.to_string()),
+    ]);
     if !configs.is_empty() {
         let names: Vec<_> = configs.into_iter().collect();
-        annotations.insert(keys::BACKUP_CONFIGURATION, names.join(","));
+        annotations.insert(keys::ANNOTATION_BACKUP_CONFIGURATION, names.join(","));
     }
     if let Some(r) = restore {
-        annotations.insert(keys::RESTORE_SESSION, r.name.clone());
+        annotations.insert(keys::ANNOTATION_RESTORE_SESSION, r.name.clone());
     }
     patch.add_map_entries(pod.metadata.labels.is_some(), "labels", &labels);
     patch.add_map_entries(
@@ -230,6 +257,7 @@ pub fn mutate(req: &AdmissionRequest<Pod>, state: &State, cfg: &InjectConfig) ->
     Mutation {
         response: with_warnings(response, warnings),
         outcome,
+        event: None,
     }
 }
 
@@ -276,11 +304,11 @@ fn check_auto_backup(pod: &Pod, warnings: &mut Vec<String>) -> bool {
         Ok(Some(_)) => {}
         Ok(None) => {
             let stray: Vec<_> = [
-                keys::AUTO_REPOSITORY,
-                keys::AUTO_VOLUMES,
-                keys::AUTO_PATHS,
-                keys::AUTO_SCHEDULE,
-                keys::AUTO_RETENTION,
+                keys::ANNOTATION_REPOSITORY,
+                keys::ANNOTATION_VOLUMES,
+                keys::ANNOTATION_PATHS,
+                keys::ANNOTATION_SCHEDULE,
+                keys::ANNOTATION_RETENTION,
             ]
             .into_iter()
             .filter(|k| annotation(pod, k).is_some())
@@ -289,7 +317,7 @@ fn check_auto_backup(pod: &Pod, warnings: &mut Vec<String>) -> bool {
                 warnings.push(format!(
                     "hoard: {} has no effect without {}: \"true\"",
                     stray.join(", "),
-                    keys::AUTO_BACKUP
+                    keys::ANNOTATION_BACKUP
                 ));
             }
             return false;
@@ -299,14 +327,14 @@ fn check_auto_backup(pod: &Pod, warnings: &mut Vec<String>) -> bool {
     // `hoard.dev/backup: "true"` with, say, a bad schedule still marks the
     // pod as backed up: its identity labels are right either way, and the
     // controllers report the schedule problem on the configuration.
-    let enabled = annotation(pod, keys::AUTO_BACKUP).is_some_and(|v| v.trim() == "true");
-    if enabled && let Some(v) = annotation(pod, keys::AUTO_VOLUMES) {
+    let enabled = annotation(pod, keys::ANNOTATION_BACKUP).is_some_and(|v| v.trim() == "true");
+    if enabled && let Some(v) = annotation(pod, keys::ANNOTATION_VOLUMES) {
         let known: Vec<_> = pod_volume_names(pod).collect();
         let missing: Vec<_> = split_list(v).filter(|n| !known.contains(n)).collect();
         if !missing.is_empty() {
             warnings.push(format!(
                 "hoard: {} names volumes the pod does not have: {}",
-                keys::AUTO_VOLUMES,
+                keys::ANNOTATION_VOLUMES,
                 missing.join(", ")
             ));
         }

@@ -11,8 +11,10 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,8 +27,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::events::EventSink;
 use crate::metrics::Metrics;
 use crate::mutate::{InjectConfig, Outcome};
 use crate::review;
@@ -62,6 +65,9 @@ impl Default for Limits {
     }
 }
 
+/// How often an idle HTTP/2 connection is pinged.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The admission service. Cheap to clone: one per connection.
 #[derive(Clone, Debug)]
 pub struct Admission {
@@ -69,6 +75,8 @@ pub struct Admission {
     pub inject: Arc<InjectConfig>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Where Warning Events about malformed annotations go (never waits).
+    pub events: EventSink,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -101,9 +109,21 @@ fn is_json(req: &http::request::Parts) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// The decision from a complete body: [`review::answer`], or a stand-in in
+/// tests.
+type Decide = fn(&[u8], &State, &InjectConfig) -> review::Answer;
+
 impl Admission {
     /// Answers one HTTP request.
     pub async fn handle<B>(&self, req: Request<B>) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        self.handle_with(req, review::answer).await
+    }
+
+    async fn handle_with<B>(&self, req: Request<B>, decide: Decide) -> Reply
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -168,7 +188,21 @@ impl Admission {
             }
         };
         let start = Instant::now();
-        let answer = review::answer(&bytes, &self.state, &self.inject);
+        // A panic here is a bug in Hoard; it must not become a dropped
+        // connection (the API server would log a failing webhook for every
+        // pod) nor take the connection's other requests with it. The state
+        // is only read, so nothing is left half-changed.
+        let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            decide(&bytes, &self.state, &self.inject)
+        }));
+        let mut answer = decided.unwrap_or_else(|_| {
+            self.metrics.panicked();
+            error!("the admission decision panicked; the pod was allowed unchanged");
+            review::after_panic(&bytes)
+        });
+        if let Some(p) = answer.event.take() {
+            self.events.send(p, &self.metrics);
+        }
         self.metrics.observe(
             answer.outcome,
             start.elapsed().as_secs_f64(),
@@ -194,6 +228,28 @@ where
     }
 }
 
+/// Notes that a connection delivered a request (its headers were read).
+#[derive(Clone)]
+struct FirstRequest {
+    inner: Admission,
+    seen: Arc<AtomicBool>,
+}
+
+impl<B> hyper::service::Service<Request<B>> for FirstRequest
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = <Admission as hyper::service::Service<Request<B>>>::Future;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        self.seen.store(true, Ordering::Relaxed);
+        self.inner.call(req)
+    }
+}
+
 /// Serves `svc` over TLS on `listener` until `shutdown` completes, then lets
 /// open connections finish for up to `limits.drain_timeout`.
 pub async fn serve(
@@ -209,7 +265,13 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // The API server keeps its HTTP/2 connection open between reviews; a
+    // peer that vanished without a FIN is found by an unanswered ping.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(limits.header_read_timeout);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -244,10 +306,32 @@ pub async fn serve(
                         return;
                     }
                 };
-            let conn = builder
-                .serve_connection(TokioIo::new(tls), svc)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
+            // hyper's header read timeout covers HTTP/1 requests once bytes
+            // arrive, but neither the HTTP/1-or-2 detection nor the HTTP/2
+            // preface is bounded: a client that completes the handshake and
+            // sends nothing would hold the connection forever.
+            let seen = Arc::new(AtomicBool::new(false));
+            let svc = FirstRequest {
+                inner: svc,
+                seen: seen.clone(),
+            };
+            let conn = watcher.watch(
+                builder
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .into_owned(),
+            );
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = &mut conn => ended,
+                () = tokio::time::sleep(limits.header_read_timeout) => {
+                    if !seen.load(Ordering::Relaxed) {
+                        debug!(%peer, "no request within the header read timeout; closing");
+                        return;
+                    }
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -258,5 +342,58 @@ pub async fn serve(
         .is_err()
     {
         warn!("connections still open after the drain timeout; closing them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission() -> Admission {
+        Admission {
+            state: Arc::new(State::new()),
+            inject: Arc::new(InjectConfig::default()),
+            metrics: Arc::new(Metrics::new()),
+            limits: Limits::default(),
+            events: EventSink::disabled(),
+        }
+    }
+
+    fn post(body: &'static str) -> Request<Full<Bytes>> {
+        Request::post(MUTATE_PODS_PATH)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    }
+
+    const REVIEW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview",
+        "request":{"uid":"u-1","kind":{"group":"","version":"v1","kind":"Pod"},
+        "resource":{"group":"","version":"v1","resource":"pods"},"operation":"CREATE",
+        "namespace":"demo","userInfo":{},"object":{"metadata":{"name":"p"},"spec":{"containers":[]}}}}"#;
+
+    #[tokio::test]
+    async fn a_panicking_decision_still_allows_the_pod_with_a_warning() {
+        let svc = admission();
+        let reply = svc
+            .handle_with(post(REVIEW), |_, _, _| panic!("injected bug"))
+            .await;
+        assert_eq!(reply.status(), StatusCode::OK);
+        let body = reply.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["kind"], "AdmissionReview");
+        assert_eq!(v["response"]["uid"], "u-1");
+        assert_eq!(v["response"]["allowed"], true);
+        assert!(v["response"].get("patch").is_none());
+        let warning = v["response"]["warnings"][0].as_str().unwrap();
+        assert!(warning.contains("a bug"), "{warning}");
+        assert_eq!(svc.metrics.panics(), 1);
+        assert_eq!(svc.metrics.reviews(Outcome::Skipped), 1);
+
+        // The same service keeps answering.
+        let reply = svc.handle(post(REVIEW)).await;
+        assert_eq!(reply.status(), StatusCode::OK);
+        assert_eq!(svc.metrics.panics(), 1);
+        assert_eq!(svc.metrics.reviews(Outcome::Skipped), 2);
     }
 }

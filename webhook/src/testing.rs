@@ -107,8 +107,10 @@ pub fn check_answer(request: &[u8], answer: &[u8]) -> Result<(), String> {
     if !allowed {
         return Err("a denial carries a patch".into());
     }
-    let bytes: Vec<u8> =
-        serde_json::from_value(patch.clone()).map_err(|e| format!("patch is not bytes: {e}"))?;
+    if resp["patchType"] != crate::review::JSON_PATCH {
+        return Err(format!("patchType is {}, not JSONPatch", resp["patchType"]));
+    }
+    let bytes = decode_patch_bytes(patch)?;
     let patch: json_patch::Patch =
         serde_json::from_slice(&bytes).map_err(|e| format!("patch is not a JSON patch: {e}"))?;
     let request: Value =
@@ -124,7 +126,7 @@ pub fn check_answer(request: &[u8], answer: &[u8]) -> Result<(), String> {
         .metadata
         .labels
         .as_ref()
-        .and_then(|l| l.get(crate::keys::HOST))
+        .and_then(|l| l.get(api::keys::HOST))
         && !crate::workload::is_label_value(h)
     {
         return Err(format!("host label {h:?} is not a valid label value"));
@@ -136,10 +138,22 @@ pub fn check_answer(request: &[u8], answer: &[u8]) -> Result<(), String> {
         .unwrap_or_default();
     let ours = inits
         .iter()
-        .filter(|c| c.name == crate::keys::RESTORE_WAIT_CONTAINER)
+        .filter(|c| c.name == api::keys::RESTORE_WAIT_CONTAINER)
         .count();
-    if ours > 1 || (ours == 1 && inits[0].name != crate::keys::RESTORE_WAIT_CONTAINER) {
+    if ours > 1 || (ours == 1 && inits[0].name != api::keys::RESTORE_WAIT_CONTAINER) {
         return Err("restore-wait is duplicated or not first".into());
     }
     Ok(())
+}
+
+/// The patch bytes of a `response.patch` as the API server reads them: Go's
+/// `[]byte` in JSON is a string in standard, padded base64.
+pub fn decode_patch_bytes(patch: &Value) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let text = patch
+        .as_str()
+        .ok_or_else(|| format!("patch is not a base64 string: {patch}"))?;
+    base64::prelude::BASE64_STANDARD
+        .decode(text)
+        .map_err(|e| format!("patch is not standard base64: {e}"))
 }

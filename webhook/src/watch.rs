@@ -119,7 +119,16 @@ pub fn restore_summary(rs: &RestoreSession) -> Option<RestoreSummary> {
         resources: container.and_then(|c| c.resources.clone()),
         run_as_user: security.and_then(|s| s.run_as_user),
         run_as_group: security.and_then(|s| s.run_as_group),
-        deadline_seconds: None,
+        // The session's `timeOut`; absent (or, past CRD validation,
+        // unreadable) means the webhook's default. The controllers fail the
+        // session at its deadline and the agent writes a failure marker, so
+        // this is the init-container's backstop, not its usual way out.
+        deadline_seconds: rs
+            .spec
+            .time_out
+            .as_ref()
+            .and_then(|_| rs.spec.timeout().ok())
+            .map(|d| d.as_secs()),
     })
 }
 
@@ -336,6 +345,7 @@ mod tests {
                      "paths": ["/source/data"]},
                     {"targetHosts": [], "sourceHost": "", "paths": ["/source/data"]}
                 ],
+                "timeOut": "1h30m",
                 "runtimeSettings": {"container": {
                     "resources": {"limits": {"memory": "256M"}, "requests": {"memory": "256M"}},
                     "securityContext": {"runAsGroup": 2000, "runAsUser": 2000}
@@ -364,6 +374,14 @@ mod tests {
             }]
         );
         assert_eq!((s.run_as_user, s.run_as_group), (Some(2000), Some(2000)));
+        assert_eq!(s.deadline_seconds, Some(5400), "the session's timeOut");
+        let mut no_timeout = rs.clone();
+        no_timeout.spec.time_out = None;
+        assert_eq!(
+            restore_summary(&no_timeout).unwrap().deadline_seconds,
+            None,
+            "the webhook's default applies"
+        );
         assert!(!s.finished);
         assert!(!s.owes("host-1"), "host-1 already finished");
         assert!(s.owes("host-2") && s.owes("host-3") && s.owes("host-0"));
@@ -405,5 +423,49 @@ mod tests {
                 Workload::new(api::host::WorkloadKind::StatefulSet, "web"),
             ]
         );
+    }
+
+    /// The memory budget (100k ReplicaSets cost little) rests on
+    /// the ReplicaSet watch being metadata-only: no pod templates are sent
+    /// or decoded. Asserted on the requests the watch actually makes.
+    #[tokio::test]
+    async fn replicasets_are_listed_metadata_only_and_the_crds_in_full() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(svc, "default");
+        let state = State::new();
+        let watch = tokio::spawn(async move { run(client, &state).await });
+        let mut seen = std::collections::BTreeMap::new();
+        while seen.len() < 3 {
+            let (req, send) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), handle.next_request())
+                    .await
+                    .expect("the watches list their resources")
+                    .expect("client alive");
+            let accept = req
+                .headers()
+                .get(http::header::ACCEPT)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            seen.insert(req.uri().path().to_owned(), accept);
+            // Answer nothing useful; the test only looks at the requests.
+            send.send_error(std::io::Error::other("test: not answered"));
+        }
+        watch.abort();
+        let rs = &seen["/apis/apps/v1/replicasets"];
+        assert!(
+            rs.contains("as=PartialObjectMetadataList"),
+            "ReplicaSets must be listed metadata-only, Accept was {rs:?}"
+        );
+        for crd in [
+            "/apis/hoard.dev/v1beta1/backupconfigurations",
+            "/apis/hoard.dev/v1beta1/restoresessions",
+        ] {
+            assert!(
+                !seen[crd].contains("PartialObjectMetadata"),
+                "{crd} needs its spec"
+            );
+        }
     }
 }

@@ -11,10 +11,8 @@
 
 use std::fmt;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-
-use crate::keys;
 
 pub use api::host::{HostError, WorkloadKind};
 
@@ -106,6 +104,56 @@ fn controller_ref(pod: &Pod) -> Option<&OwnerReference> {
     refs.iter().find(|r| r.controller == Some(true))
 }
 
+/// The object a user should look at for a problem with this pod's
+/// annotations: the workload whose pod template carries them, with the uid
+/// when the pod's owner reference gives it (a Deployment's uid is not on the
+/// pod; [`crate::events`] looks it up off the admission path). `None` for a
+/// bare pod without a name.
+pub fn regarding(owner: &Owner, pod: &Pod, namespace: &str) -> Option<ObjectReference> {
+    let cref = controller_ref(pod);
+    let nonempty = |u: &String| (!u.is_empty()).then(|| u.clone());
+    let (api_version, kind, name, uid) = match owner {
+        Owner::Workload { top, .. } => {
+            let api_version = match top.kind {
+                WorkloadKind::Pod
+                | WorkloadKind::ReplicationController
+                | WorkloadKind::PersistentVolumeClaim => "v1",
+                WorkloadKind::Deployment
+                | WorkloadKind::ReplicaSet
+                | WorkloadKind::StatefulSet
+                | WorkloadKind::DaemonSet => "apps/v1",
+            };
+            let uid = cref
+                .filter(|r| r.kind == top.kind.as_str() && r.name == top.name)
+                .and_then(|r| nonempty(&r.uid));
+            (
+                api_version.to_owned(),
+                top.kind.as_str().to_owned(),
+                top.name.clone(),
+                uid,
+            )
+        }
+        Owner::Unsupported { .. } => {
+            let r = cref?;
+            (
+                r.api_version.clone(),
+                r.kind.clone(),
+                r.name.clone(),
+                nonempty(&r.uid),
+            )
+        }
+        Owner::UnnamedPod => return None,
+    };
+    Some(ObjectReference {
+        api_version: Some(api_version),
+        kind: Some(kind),
+        name: Some(name),
+        namespace: Some(namespace.to_owned()),
+        uid,
+        ..Default::default()
+    })
+}
+
 /// The pod's name: `metadata.name`, else `request.name`; empty for pods that
 /// only have a `generateName` (the API server names them after admission).
 pub fn pod_name<'a>(pod: &'a Pod, request_name: &'a str) -> &'a str {
@@ -160,13 +208,18 @@ pub fn resolve_owner(
     }
 }
 
+/// Set by the Deployment controller on ReplicaSets and their pods; the
+/// ReplicaSet is named `<deployment>-<hash>`. A Kubernetes label, so not in
+/// `api::keys` (Hoard's own names).
+const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+
 /// The ReplicaSet controller creates pods right after the Deployment
 /// controller created the ReplicaSet, so the watch may not have delivered it
 /// yet. A Deployment names its ReplicaSets `<deployment>-<pod-template-hash>`
 /// and stamps that hash on the pods, which identifies the Deployment without
 /// the cache.
 fn deployment_from_hash(pod: &Pod, rs_name: &str) -> Option<String> {
-    let hash = pod.metadata.labels.as_ref()?.get(keys::POD_TEMPLATE_HASH)?;
+    let hash = pod.metadata.labels.as_ref()?.get(POD_TEMPLATE_HASH)?;
     let prefix = rs_name.strip_suffix(hash.as_str())?.strip_suffix('-')?;
     (!prefix.is_empty()).then(|| prefix.to_owned())
 }

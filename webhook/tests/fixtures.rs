@@ -488,3 +488,170 @@ async fn what_hoard_injects_passes_pod_security_restricted() {
     );
     server.stop().await;
 }
+
+/// `admission.k8s.io/v1` `AdmissionReview` as the kube-apiserver decodes a
+/// webhook's answer (Go's `encoding/json`): `patch` is a `[]byte`, i.e. a
+/// base64 string, and `patchType` must be `JSONPatch`. Deliberately not the
+/// kube-core types: this test must fail if our answer only round-trips
+/// through our own library.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GoReview {
+    api_version: String,
+    kind: String,
+    response: GoResponse,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GoResponse {
+    uid: String,
+    allowed: bool,
+    patch_type: Option<String>,
+    patch: Option<String>,
+}
+
+#[tokio::test]
+async fn the_patch_is_sent_in_the_wire_form_the_api_server_decodes() {
+    use base64::Engine as _;
+    let state = State::new();
+    state.apply_replicaset(
+        "demo",
+        "app-7df4659c59",
+        ReplicaSetOwner::Deployment("app".into()),
+    );
+    state.apply_backup(
+        "demo",
+        backup("app-backup", WorkloadKind::Deployment, "app"),
+    );
+    state.apply_restore(
+        "demo",
+        restore(
+            "app-restore",
+            WorkloadKind::Deployment,
+            "app",
+            &[("data", "/data")],
+        ),
+    );
+    let server = TestServer::start(state).await;
+    // The fixture's bytes exactly as the API server sent them.
+    let raw = std::fs::read(common::fixture_path("pod-create-deployment.json")).unwrap();
+    let mut client = server.client().await;
+    let (status, body) = client
+        .send(
+            "POST",
+            "/mutate/pods?timeout=10s",
+            Some("application/json"),
+            raw.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, http::StatusCode::OK);
+
+    let answer: GoReview = serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!(
+            "not a v1 AdmissionReview ({e}): {}",
+            String::from_utf8_lossy(&body)
+        )
+    });
+    let request: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(answer.api_version, "admission.k8s.io/v1");
+    assert_eq!(answer.kind, "AdmissionReview");
+    assert_eq!(
+        answer.response.uid,
+        request["request"]["uid"].as_str().unwrap()
+    );
+    assert!(answer.response.allowed);
+    assert_eq!(answer.response.patch_type.as_deref(), Some("JSONPatch"));
+    let encoded = answer.response.patch.expect("a patch");
+    // Go decodes []byte with base64.StdEncoding: standard alphabet, padded.
+    let bytes = base64::prelude::BASE64_STANDARD
+        .decode(&encoded)
+        .unwrap_or_else(|e| panic!("patch {encoded:?} is not standard base64: {e}"));
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+
+    let mut pod = request["request"]["object"].clone();
+    let original = pod.clone();
+    json_patch::patch(&mut pod, &patch).unwrap();
+
+    // The expected pod: the original plus exactly Hoard's additions.
+    let mut want = original;
+    want["metadata"]["labels"]["hoard.dev/host"] = json!("host-0");
+    let ann = &mut want["metadata"]["annotations"];
+    ann["hoard.dev/host"] = json!("host-0");
+    ann["hoard.dev/target"] = json!("Deployment/app");
+    ann["hoard.dev/backup-configuration"] = json!("app-backup");
+    ann["hoard.dev/restore-session"] = json!("app-restore");
+    want["spec"]["initContainers"] =
+        json!([serde_json::to_value(expected_init_container(json!([
+            {"name": "hoard-restore-status", "mountPath": "/hoard/status"},
+            {"name": "data", "mountPath": "/data", "readOnly": true}
+        ])))
+        .unwrap()]);
+    want["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::to_value(status_volume()).unwrap());
+    assert_eq!(pod, want);
+    let typed: Pod = serde_json::from_value(pod).unwrap();
+    assert_eq!(typed.metadata.labels.unwrap()["hoard.dev/host"], "host-0");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_annotations_become_one_event_on_the_workload_but_not_for_a_dry_run() {
+    let state = State::new();
+    state.apply_replicaset(
+        "demo",
+        "app-7df4659c59",
+        ReplicaSetOwner::Deployment("app".into()),
+    );
+    let mut server = TestServer::start(state).await;
+    let break_it = |review: &mut serde_json::Value| {
+        let ann = &mut review["request"]["object"]["metadata"]["annotations"];
+        if ann.is_null() {
+            *ann = json!({});
+        }
+        ann["hoard.dev/backup"] = json!("true");
+        ann["hoard.dev/schedule"] = json!("every day");
+    };
+
+    // A Deployment pod: the event names the Deployment (its pod template
+    // carries the annotations), not the ReplicaSet or the pod.
+    let mut review = fixture("pod-create-deployment.json");
+    break_it(&mut review);
+    let a = send(&server, &review).await;
+    assert_eq!(a.response["allowed"], true);
+    let warnings: Vec<String> = serde_json::from_value(a.response["warnings"].clone()).unwrap();
+    let ev = server.events.try_recv().expect("an event was queued");
+    assert_eq!(ev.regarding.kind.as_deref(), Some("Deployment"));
+    assert_eq!(ev.regarding.api_version.as_deref(), Some("apps/v1"));
+    assert_eq!(ev.regarding.name.as_deref(), Some("app"));
+    assert_eq!(ev.regarding.namespace.as_deref(), Some("demo"));
+    assert_eq!(ev.regarding.uid, None, "looked up off the admission path");
+    assert_eq!(ev.note, warnings.join("; "));
+    assert!(ev.note.contains("hoard.dev/schedule"), "{}", ev.note);
+
+    // A StatefulSet pod: the owner reference gives the uid.
+    let mut review = fixture("pod-create-statefulset-web-0.json");
+    break_it(&mut review);
+    send(&server, &review).await;
+    let ev = server.events.try_recv().expect("an event was queued");
+    assert_eq!(ev.regarding.kind.as_deref(), Some("StatefulSet"));
+    assert_eq!(ev.regarding.name.as_deref(), Some("web"));
+    let owner_uid = review["request"]["object"]["metadata"]["ownerReferences"][0]["uid"].clone();
+    assert_eq!(json!(ev.regarding.uid), owner_uid);
+
+    // A dry run gets the same warnings and no side effect.
+    let mut review = fixture("pod-create-dryrun.json");
+    break_it(&mut review);
+    let a = send(&server, &review).await;
+    assert!(a.response["warnings"][0].is_string());
+    // Well-formed annotations: no event either.
+    let mut review = fixture("pod-create-bare.json");
+    review["request"]["object"]["metadata"]["annotations"] = json!({"hoard.dev/backup": "true"});
+    let a = send(&server, &review).await;
+    assert!(a.response.get("warnings").is_none(), "{}", a.response);
+    assert!(server.events.try_recv().is_err(), "no event for either");
+    server.stop().await;
+}

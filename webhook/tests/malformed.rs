@@ -260,3 +260,17 @@ async fn a_client_that_stalls_in_the_body_gets_408() {
     assert_eq!(&head, b"HTTP/1.1 408");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_sends_nothing_after_the_handshake_is_disconnected() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let server = TestServer::start_with(State::new(), limits).await;
+    let mut tls = server.connect_tls().await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "an idle connection is held open forever");
+    server.stop().await;
+}

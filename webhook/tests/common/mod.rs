@@ -101,6 +101,8 @@ pub struct TestServer {
     pub metrics: Arc<Metrics>,
     pub pki: Pki,
     pub dir: tempfile::TempDir,
+    /// What the server asked to record as Warning Events.
+    pub events: tokio::sync::mpsc::Receiver<webhook::events::Problem>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -120,6 +122,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(state);
         let metrics = Arc::new(Metrics::new());
+        let (sink, events) = webhook::events::EventSink::channel(16);
         let svc = Admission {
             state: state.clone(),
             inject: Arc::new(InjectConfig {
@@ -128,6 +131,7 @@ impl TestServer {
             }),
             metrics: metrics.clone(),
             limits,
+            events: sink,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(webhook::server::serve(listener, tls, svc, async {
@@ -140,6 +144,7 @@ impl TestServer {
             metrics,
             pki,
             dir,
+            events,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -240,7 +245,8 @@ pub fn apply(review: &serde_json::Value, answer: &serde_json::Value) -> Answered
     let original = serde_json::from_value(object.clone()).unwrap();
     let patch = if response.get("patch").is_some() {
         assert_eq!(response["patchType"], "JSONPatch");
-        let bytes: Vec<u8> = serde_json::from_value(response["patch"].clone()).unwrap();
+        // As the API server decodes it: Go's []byte is a base64 string.
+        let bytes = webhook::testing::decode_patch_bytes(&response["patch"]).unwrap();
         let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
         json_patch::patch(&mut object, &patch).expect("patch applies to the original object");
         Some(patch)
