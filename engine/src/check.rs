@@ -17,11 +17,12 @@
 //!    subtrees are visited once): a tree missing from the index or not
 //!    decodable, and a data blob missing from the index, are errors naming
 //!    the snapshot, the tree id and the path inside the snapshot;
-//! 5. with read-data, each selected pack is read whole by one of a few
-//!    workers (memory: workers × pack size), its SHA-256 compared with its
-//!    name, its header with the index, and every blob decrypted,
-//!    decompressed and hashed against its id. The header comparison of
-//!    step 3 is done here instead for the packs read in full.
+//! 5. with read-data, each selected pack is streamed by one of a few
+//!    workers in [`READ_WINDOW`] pieces (memory: workers × (window + one
+//!    blob), whatever the pack size): its SHA-256 is compared with its name,
+//!    its header with the index, and every blob decrypted, decompressed and
+//!    hashed against its id. The header comparison of step 3 is done here
+//!    instead for the packs read in full.
 //!
 //! The repository is locked shared while checking (restic does the same), so
 //! a backup may run meanwhile; `prune` (exclusive) waits.
