@@ -83,6 +83,11 @@ pub enum Command {
     /// Manage repository keys (passwords).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Verify the repository: index, packs, trees and snapshots (and with
+    /// --read-data, every blob); exits 1 if it finds errors.
+    Check(CheckArgs),
+    /// Remove stale locks (left by killed processes); --remove-all removes every lock.
+    Unlock(UnlockArgs),
     /// Run the node agent (the Kubernetes DaemonSet's process).
     Agent(Box<nodeagent::Args>),
 }
@@ -132,6 +137,8 @@ pub struct BackupArgs {
     /// Read every file, ignoring the parent snapshot.
     #[arg(short = 'f', long = "force")]
     pub force: bool,
+    #[command(flatten)]
+    pub priority: PriorityArgs,
 }
 
 #[derive(Args, Debug)]
@@ -149,6 +156,8 @@ pub struct RestoreArgs {
     pub overwrite: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
+    #[command(flatten)]
+    pub priority: PriorityArgs,
 }
 
 #[derive(Args, Debug)]
@@ -281,6 +290,8 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Key(k) => cmd_key(cli, &open(cli, backend()?)?, k),
         Command::Forget(a) => cmd_forget(cli, &open(cli, backend()?)?, a),
         Command::Prune(a) => cmd_prune(cli, &open(cli, backend()?)?, a),
+        Command::Check(a) => cmd_check(cli, &open(cli, backend()?)?, a),
+        Command::Unlock(a) => cmd_unlock(cli, &open(cli, backend()?)?, a),
         // The agent reads its repositories from the cluster, not from --repo.
         // A fatal error is already logged and in the termination log, so it
         // only becomes the exit code here (not a second copy on stderr).
@@ -514,6 +525,7 @@ fn cmd_backup(cli: &Cli, repo: &Repository, a: &BackupArgs) -> Result<i32> {
         tags,
         parent,
         excludes: a.exclude.clone(),
+        priority: a.priority.priority(),
         ..Default::default()
     };
     let _scope = CancelScope::new(&opts.cancel);
@@ -569,6 +581,7 @@ fn cmd_restore(cli: &Cli, repo: &Repository, a: &RestoreArgs) -> Result<i32> {
     let opts = RestoreOptions {
         include: a.include.clone(),
         overwrite: a.overwrite,
+        priority: a.priority.priority(),
         ..Default::default()
     };
     if !cli.json {
@@ -913,6 +926,50 @@ impl ForgetArgs {
     }
 }
 
+// ---- check, unlock, priority flags ----
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct CheckArgs {
+    /// Also read every pack and verify every blob (its hash and MAC).
+    #[arg(long = "read-data")]
+    pub read_data: bool,
+    /// Read only a subset of the packs: n/t (e.g. 1/5; run 1/5 … 5/5 to cover
+    /// all), a percentage (10%), or a size (500M), as restic spells it.
+    #[arg(long = "read-data-subset", value_name = "SUBSET")]
+    pub read_data_subset: Option<engine::check::Subset>,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct UnlockArgs {
+    /// Remove all locks, even live ones (only when no other process uses the repository).
+    #[arg(long = "remove-all")]
+    pub remove_all: bool,
+}
+
+/// CPU and I/O priority of the threads that read and write files.
+#[derive(Args, Debug, Default, Clone)]
+pub struct PriorityArgs {
+    /// Nice adjustment for the reader/writer threads: -20 (highest) to 19 (lowest).
+    #[arg(long = "nice", allow_negative_numbers = true, value_name = "N")]
+    pub nice: Option<i32>,
+    /// I/O scheduling class: 1 realtime, 2 best-effort, 3 idle.
+    #[arg(long = "ionice-class", value_name = "C")]
+    pub ionice_class: Option<u8>,
+    /// I/O priority within the class: 0 (highest) to 7 (lowest).
+    #[arg(long = "ionice-level", value_name = "L")]
+    pub ionice_level: Option<u8>,
+}
+
+impl PriorityArgs {
+    fn priority(&self) -> engine::priority::Priority {
+        engine::priority::Priority {
+            nice: self.nice,
+            ionice_class: self.ionice_class,
+            ionice_class_data: self.ionice_level,
+        }
+    }
+}
+
 fn group_title(k: &GroupKey, by: GroupBy) -> String {
     let mut parts = Vec::new();
     if by.host {
@@ -1182,4 +1239,102 @@ pub fn prune_report(st: &PruneStats) -> String {
         );
     }
     o
+}
+
+fn cmd_check(cli: &Cli, repo: &Repository, a: &CheckArgs) -> Result<i32> {
+    let opts = engine::check::CheckOptions {
+        read_data: a.read_data,
+        read_data_subset: a.read_data_subset,
+    };
+    if !cli.json && !cli.quiet {
+        match (&opts.read_data_subset, opts.read_data) {
+            (Some(s), _) => eprintln!("checking structure and the data of subset {s} of the packs"),
+            (None, true) => eprintln!("checking structure and all data"),
+            (None, false) => eprintln!("checking structure (add --read-data to verify the data)"),
+        }
+    }
+    let progress = Progress::new();
+    let bar = Bar::start(cli, &progress, "check");
+    let res = engine::check::check(repo, &opts, &progress);
+    drop(bar);
+    let report = res?;
+    let errors = report.errors().count();
+    if cli.json {
+        print_json(&report)?;
+    } else {
+        for p in &report.problems {
+            println!("{p}");
+        }
+        let s = &report.stats;
+        println!(
+            "checked {} snapshots, {} trees, {} index files, {} packs{}",
+            s.snapshots,
+            s.trees,
+            s.index_files,
+            s.packs,
+            if s.packs_read > 0 {
+                format!(
+                    "; read {} packs ({}), {} blobs",
+                    s.packs_read,
+                    indicatif::HumanBytes(s.bytes_read),
+                    s.blobs_verified
+                )
+            } else {
+                String::new()
+            }
+        );
+        if errors == 0 {
+            println!("no errors were found");
+        } else {
+            println!("{errors} error(s) found; each line above names the damaged file");
+        }
+    }
+    Ok(if errors == 0 { EXIT_OK } else { EXIT_FAILURE })
+}
+
+fn cmd_unlock(cli: &Cli, repo: &Repository, a: &UnlockArgs) -> Result<i32> {
+    let backend = repo.backend();
+    if a.remove_all {
+        let n = engine::lock_stale::remove_all_locks(&**backend)?;
+        if cli.json {
+            print_json(&serde_json::json!({ "removed": n }))?;
+        } else {
+            println!("removed {n} lock(s)");
+        }
+        return Ok(EXIT_OK);
+    }
+    let removed = engine::lock_stale::remove_stale_locks(&**backend, repo.key())?;
+    let live: Vec<_> = engine::lock_stale::scan_locks(&**backend, repo.key())?
+        .into_iter()
+        .filter(|f| f.stale.is_none())
+        .collect();
+    if cli.json {
+        let ids = |v: &[engine::lock_stale::FoundLock]| -> Vec<String> {
+            v.iter().map(|f| f.id.to_hex()).collect()
+        };
+        print_json(&serde_json::json!({ "removed": ids(&removed), "live": ids(&live) }))?;
+        return Ok(EXIT_OK);
+    }
+    for f in &removed {
+        let why = f.stale.map(|s| s.to_string()).unwrap_or_default();
+        println!("removed stale lock {} ({why})", f.id.short());
+    }
+    for f in &live {
+        match &f.lock {
+            Some(l) => println!(
+                "lock {} is live: held by {}@{} (pid {}) since {}; left in place (--remove-all removes it)",
+                f.id.short(),
+                l.username,
+                l.hostname,
+                l.pid,
+                l.time.to_rfc3339()
+            ),
+            None => println!(
+                "lock {} cannot be read with this password; left in place (--remove-all removes it)",
+                f.id.short()
+            ),
+        }
+    }
+    println!("removed {} stale lock(s)", removed.len());
+    Ok(EXIT_OK)
 }

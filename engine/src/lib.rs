@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod blob;
+pub mod check;
 pub mod config;
 pub mod crypto;
 pub mod error;

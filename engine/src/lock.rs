@@ -4,7 +4,7 @@
 //! removed when the guard drops.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -15,6 +15,12 @@ use crate::backend::{Backend, FileType};
 use crate::crypto::Key;
 use crate::error::{Error, Result};
 use crate::id::Id;
+
+/// Stale locks this process has removed (restic's or ours), for the agent's
+/// metrics; each removal is also logged.
+pub fn stale_locks_removed() -> u64 {
+    crate::lock_stale::stale_locks_removed_total()
+}
 
 /// Locks older than this are stale (restic's rule).
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -113,6 +119,8 @@ fn conflict(locks: &[LockFile], exclusive: bool) -> Option<&LockFile> {
 pub struct LockGuard {
     backend: Arc<dyn Backend>,
     current: Arc<Mutex<Option<Id>>>,
+    /// Completed refreshes, signalled on each.
+    refreshes: Arc<(Mutex<u64>, Condvar)>,
     stop: Option<mpsc::Sender<()>>,
     refresher: Option<JoinHandle<()>>,
 }
@@ -122,6 +130,16 @@ impl LockGuard {
     /// exists (checked before and after writing ours, as restic does, to
     /// catch a racing client).
     pub fn acquire(backend: Arc<dyn Backend>, key: &Key, exclusive: bool) -> Result<LockGuard> {
+        Self::acquire_with(backend, key, exclusive, REFRESH_EVERY)
+    }
+
+    /// [`LockGuard::acquire`] with another refresh interval (tests).
+    pub fn acquire_with(
+        backend: Arc<dyn Backend>,
+        key: &Key,
+        exclusive: bool,
+        refresh_every: Duration,
+    ) -> Result<LockGuard> {
         // A lock left by a crashed or killed process (restic's or ours) would
         // otherwise block `restic check`/`prune` until someone runs `unlock`:
         // remove the ones restic itself would call stale, each logged.
@@ -139,17 +157,32 @@ impl LockGuard {
         }
         let current = Arc::new(Mutex::new(Some(id)));
         let (tx, rx) = mpsc::channel::<()>();
-        let (be, cur, key) = (backend.clone(), current.clone(), key.clone());
+        let refreshes = Arc::new((Mutex::new(0u64), Condvar::new()));
+        let (be, cur, key, done) = (
+            backend.clone(),
+            current.clone(),
+            key.clone(),
+            refreshes.clone(),
+        );
         let refresher = std::thread::Builder::new()
             .name("hoard-lock-refresh".into())
             .spawn(move || {
                 // recv_timeout doubles as the wake-up timer and the stop signal.
-                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(REFRESH_EVERY) {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(refresh_every) {
+                    // restic's refresh: write a new lock file, then remove
+                    // the old one, so the lock never disappears meanwhile.
                     if let Ok(new) = write_lock(&*be, &key, &LockFile::new(exclusive)) {
                         let mut c = cur.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Some(old) = c.replace(new) {
+                        if let Some(old) = c.replace(new)
+                            && old != new
+                        {
                             let _ = be.remove(FileType::Lock, &old.to_hex());
                         }
+                        drop(c);
+                        let (n, cv) = &*done;
+                        *n.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                        cv.notify_all();
+                        tracing::debug!(lock = %new.short(), "refreshed repository lock");
                     } else {
                         tracing::warn!("could not refresh repository lock");
                     }
@@ -159,9 +192,26 @@ impl LockGuard {
         Ok(LockGuard {
             backend,
             current,
+            refreshes,
             stop: Some(tx),
             refresher: Some(refresher),
         })
+    }
+
+    /// How many times the lock has been refreshed so far.
+    pub fn refresh_count(&self) -> u64 {
+        *self.refreshes.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the refresh count exceeds `seen`; returns the new count,
+    /// or `None` after `timeout`.
+    pub fn wait_refreshed(&self, seen: u64, timeout: Duration) -> Option<u64> {
+        let (n, cv) = &*self.refreshes;
+        let g = n.lock().unwrap_or_else(|e| e.into_inner());
+        let (g, _) = cv
+            .wait_timeout_while(g, timeout, |c| *c <= seen)
+            .unwrap_or_else(|e| e.into_inner());
+        (*g > seen).then_some(*g)
     }
 
     /// Id of the lock file currently held.
@@ -230,5 +280,38 @@ mod tests {
         ] {
             assert!(j.contains(f), "{j} lacks {f}");
         }
+    }
+
+    /// A held lock is rewritten every interval (new file, old one removed),
+    /// so other clients keep seeing a fresh timestamp.
+    #[test]
+    fn held_lock_is_refreshed() {
+        let be: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let key = Key::random();
+        let g =
+            LockGuard::acquire_with(be.clone(), &key, false, Duration::from_millis(20)).unwrap();
+        // The current lock file and its time (retried if a refresh replaced
+        // it between asking for the id and reading the file).
+        let read = |g: &LockGuard| loop {
+            let id = g.id().unwrap();
+            let found = crate::lock_stale::scan_locks(&*be, &key).unwrap();
+            if let Some(f) = found.iter().find(|f| f.id == id) {
+                break (id, f.lock.clone().unwrap().time);
+            }
+        };
+        let (id0, t0) = read(&g);
+        let n = g.refresh_count();
+        let n = g
+            .wait_refreshed(n, Duration::from_secs(30))
+            .expect("refreshed within 30 s");
+        // Wait for one more so the file we read is a refreshed one even if
+        // the first refresh raced with reading it.
+        g.wait_refreshed(n, Duration::from_secs(30))
+            .expect("refreshed again");
+        let (id1, t1) = read(&g);
+        assert_ne!(id1, id0, "a new lock file");
+        assert!(t1 > t0, "a newer time: {t0} -> {t1}");
+        drop(g);
+        assert!(be.list(FileType::Lock).unwrap().is_empty());
     }
 }

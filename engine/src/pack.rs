@@ -31,6 +31,25 @@ pub struct PackedBlob {
     pub uncompressed_length: Option<u32>,
 }
 
+/// Bytes one header entry takes (compressed types also store the plaintext length).
+pub fn header_entry_len(compressed: bool) -> u64 {
+    if compressed {
+        ENTRY_LEN_COMPRESSED as u64
+    } else {
+        ENTRY_LEN as u64
+    }
+}
+
+/// The size a pack holding blobs of these `(encrypted length, compressed)`
+/// must have: the blobs, the encrypted header and its 4-byte length.
+pub fn expected_pack_size(blobs: impl IntoIterator<Item = (u32, bool)>) -> u64 {
+    let mut size = (crypto::OVERHEAD + 4) as u64;
+    for (len, compressed) in blobs {
+        size += u64::from(len) + header_entry_len(compressed);
+    }
+    size
+}
+
 /// Encodes a header's plaintext.
 pub fn encode_header(blobs: &[PackedBlob]) -> Vec<u8> {
     let mut out = Vec::with_capacity(blobs.len() * ENTRY_LEN_COMPRESSED);
