@@ -25,6 +25,7 @@ pub mod hold;
 pub mod metrics;
 pub mod owner;
 pub mod repo;
+pub mod retention;
 pub mod status;
 pub mod transfers;
 pub mod volumes;

@@ -17,6 +17,8 @@ use nodeagent::agent::Agent;
 use nodeagent::metrics::Metrics;
 use nodeagent::volumes::Kubelet;
 
+mod moto;
+
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 const PASSWORD: &str = "mock-test-password";
@@ -51,6 +53,37 @@ struct World {
     log: Vec<(String, String)>,
     events: Vec<String>,
     conflicts_injected: bool,
+    /// The `Repository` the configuration names (served by name).
+    repository: Value,
+    /// Its credentials Secret in hoard-system (served by name).
+    secret: Value,
+}
+
+fn local_repository() -> Value {
+    json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "Repository",
+        "metadata": {"name": "local-repo", "namespace": "demo"},
+        "spec": {"backend": {"storageSecretName": "repo-secret",
+            "local": {"hostPath": {"path": "/var/hoard/repo"}, "mountPath": "/repo"}}}
+    })
+}
+
+/// `repo-secret` in hoard-system with the password and `extra` keys, usable
+/// from namespace demo.
+fn repo_secret(extra: &[(&str, &str)]) -> Value {
+    use base64::Engine as _;
+    let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    let mut data = serde_json::Map::new();
+    data.insert("RESTIC_PASSWORD".into(), json!(b64(PASSWORD)));
+    for (k, v) in extra {
+        data.insert(k.to_string(), json!(b64(v)));
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "repo-secret", "namespace": "hoard-system",
+            "annotations": {"hoard.dev/allowed-namespaces": "demo"}},
+        "data": data
+    })
 }
 
 fn config() -> Value {
@@ -139,31 +172,28 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
                 );
                 false
             }
-            (Method::GET, "/apis/hoard.dev/v1beta1/namespaces/demo/repositories/local-repo") => {
-                respond(
-                    send,
-                    StatusCode::OK,
-                    json!({
-                        "apiVersion": "hoard.dev/v1beta1", "kind": "Repository",
-                        "metadata": {"name": "local-repo", "namespace": "demo"},
-                        "spec": {"backend": {"storageSecretName": "repo-secret",
-                            "local": {"hostPath": {"path": "/var/hoard/repo"}, "mountPath": "/repo"}}}
-                    }),
-                );
+            (Method::GET, p)
+                if Some(p)
+                    == w.repository["metadata"]["name"]
+                        .as_str()
+                        .map(|n| {
+                            format!("/apis/hoard.dev/v1beta1/namespaces/demo/repositories/{n}")
+                        })
+                        .as_deref() =>
+            {
+                let r = w.repository.clone();
+                respond(send, StatusCode::OK, r);
                 false
             }
-            (Method::GET, "/api/v1/namespaces/hoard-system/secrets/repo-secret") => {
-                use base64::Engine as _;
-                let pw = base64::engine::general_purpose::STANDARD.encode(PASSWORD);
-                respond(
-                    send,
-                    StatusCode::OK,
-                    json!({
-                        "apiVersion": "v1", "kind": "Secret",
-                        "metadata": {"name": "repo-secret", "namespace": "hoard-system"},
-                        "data": {"RESTIC_PASSWORD": pw}
-                    }),
-                );
+            (Method::GET, p)
+                if Some(p)
+                    == w.secret["metadata"]["name"]
+                        .as_str()
+                        .map(|n| format!("/api/v1/namespaces/hoard-system/secrets/{n}"))
+                        .as_deref() =>
+            {
+                let s = w.secret.clone();
+                respond(send, StatusCode::OK, s);
                 false
             }
             (Method::GET, p)
@@ -279,6 +309,8 @@ async fn backup_session_host_status_merges_with_other_agents() {
         log: vec![],
         events: vec![],
         conflicts_injected: false,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
     }));
     let server = tokio::spawn(api_server(handle, world.clone()));
     let bs: api::BackupSession = serde_json::from_value(session).unwrap();
@@ -451,6 +483,8 @@ async fn restore_session_restores_a_held_pod_and_releases_it() {
         log: vec![],
         events: vec![],
         conflicts_injected: false,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
     }));
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let mut kubelet = Kubelet::new(&kroot);
@@ -563,6 +597,8 @@ async fn deployment_is_backed_up_by_exactly_one_agent() {
             log: vec![],
             events: vec![],
             conflicts_injected: false,
+            repository: local_repository(),
+            secret: repo_secret(&[]),
         }));
         let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let mut kubelet = Kubelet::new(t.path().join(node));
@@ -645,6 +681,8 @@ async fn a_host_left_running_by_a_previous_agent_process_is_marked_failed() {
         log: vec![],
         events: vec![],
         conflicts_injected: false,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
     }));
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let agent = Agent::new(
@@ -681,4 +719,188 @@ async fn a_host_left_running_by_a_previous_agent_process_is_marked_failed() {
         "no new transfer was started: {:?}",
         w.log
     );
+}
+
+/// A StatefulSet host backed up into an S3 repository (moto on 127.0.0.1):
+/// the `Repository`'s s3 section (endpoint, bucket, prefix, region) and the
+/// Secret's Stash-named keys reach the engine, and the real restic reads
+/// the snapshot back from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_into_an_s3_repository_that_restic_reads() {
+    let moto = moto::start();
+    moto.create_bucket("hoard");
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let restic_repo = format!("s3:{endpoint}/hoard/demo/web");
+    // the repository exists (initialized by `hoard init` earlier)
+    let init_repo = restic_repo.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut creds = engine::backend::location::Credentials::default();
+        creds.insert("AWS_ACCESS_KEY_ID", "testing");
+        creds.insert("AWS_SECRET_ACCESS_KEY", "testing");
+        let backend = engine::backend::location::open_repo_string(&init_repo, &creds).unwrap();
+        Repository::init(
+            backend,
+            PASSWORD,
+            InitOptions {
+                kdf: KdfParams::insecure_fast(),
+                chunker_polynomial: None,
+            },
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    let data = kroot.join("pods/uid-0/volumes/kubernetes.io~empty-dir/data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("a"), "alpha").unwrap();
+    std::fs::write(data.join("sub/b"), "beta".repeat(10_000)).unwrap();
+
+    let mut cfg = config();
+    cfg["spec"]["repository"]["name"] = json!("s3-repo");
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: cfg,
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        inject_conflict: false,
+        session: session.clone(),
+        rv: 1,
+        log: vec![],
+        events: vec![],
+        conflicts_injected: false,
+        repository: json!({
+            "apiVersion": "hoard.dev/v1beta1", "kind": "Repository",
+            "metadata": {"name": "s3-repo", "namespace": "demo"},
+            "spec": {"backend": {"storageSecretName": "repo-secret",
+                "s3": {"endpoint": endpoint, "bucket": "hoard", "prefix": "/demo/web/", "region": "us-east-1"}}}
+        }),
+        secret: repo_secret(&[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ]),
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        Kubelet::new(&kroot),
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("the agent finished the host within the deadline")
+        .unwrap();
+    {
+        let w = world.lock().unwrap();
+        let h0 = &w.session["status"]["stats"][0];
+        assert_eq!(h0["hostname"], "host-0");
+        assert_eq!(h0["phase"], "Succeeded", "{h0}");
+        assert_eq!(w.events, ["HostBackupStarted", "HostBackupSucceeded"]);
+        // no credential value reached the status or an event
+        let status = w.session.to_string();
+        assert!(!status.contains("testing"), "{status}");
+    }
+
+    // restic reads what the agent wrote into the bucket
+    let out = tokio::task::spawn_blocking(move || {
+        let snaps: Value = serde_json::from_slice(&moto::restic(
+            &restic_repo,
+            PASSWORD,
+            &["snapshots", "--json"],
+        ))
+        .unwrap();
+        moto::restic(&restic_repo, PASSWORD, &["check", "--read-data"]);
+        let a = moto::restic(
+            &restic_repo,
+            PASSWORD,
+            &["dump", "latest", "/source/data/a"],
+        );
+        let b = moto::restic(
+            &restic_repo,
+            PASSWORD,
+            &["dump", "latest", "/source/data/sub/b"],
+        );
+        (snaps, a, b)
+    })
+    .await
+    .unwrap();
+    let (snaps, a, b) = out;
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+    assert_eq!(snaps[0]["hostname"], "host-0");
+    assert_eq!(snaps[0]["paths"], json!(["/source/data"]));
+    assert_eq!(a, b"alpha");
+    assert_eq!(b, "beta".repeat(10_000).as_bytes());
+}
+
+/// A Repository in namespace demo naming a hoard-system Secret that does
+/// not list demo in `hoard.dev/allowed-namespaces`: the host fails saying
+/// how to allow it, and no data is read or written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_not_shared_with_the_namespace_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    std::fs::create_dir_all(kroot.join("pods/uid-0/volumes/kubernetes.io~empty-dir/data")).unwrap();
+    let mut secret = repo_secret(&[]);
+    secret["metadata"]["annotations"]["hoard.dev/allowed-namespaces"] = json!("prod, staging");
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: config(),
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        inject_conflict: false,
+        session: session.clone(),
+        rv: 1,
+        log: vec![],
+        events: vec![],
+        conflicts_injected: false,
+        repository: local_repository(),
+        secret,
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut kubelet = Kubelet::new(&kroot);
+    kubelet.host_root = Some(t.path().join("host"));
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        kubelet,
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("bounded in time")
+        .unwrap();
+    let w = world.lock().unwrap();
+    assert_eq!(w.events, ["HostBackupStarted", "HostBackupFailed"]);
+    let h0 = &w.session["status"]["stats"][0];
+    assert_eq!(h0["phase"], "Failed");
+    assert_eq!(
+        h0["error"],
+        "Secret hoard-system/repo-secret may not be used by Repository \"local-repo\" in namespace demo: add demo to the Secret's hoard.dev/allowed-namespaces annotation (comma-separated, or *)"
+    );
+    assert!(!t.path().join("host/var/hoard/repo").exists());
 }
