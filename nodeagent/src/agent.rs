@@ -43,6 +43,8 @@ use crate::work::{
     HostProgress, HostVolume, TransferError, TransferSettings, run_backup_host, run_restore_host,
 };
 
+mod retention;
+
 /// Errors that stop a session's handling on this node.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -83,6 +85,12 @@ pub struct Agent {
     /// still showing `Running` for one of them is not mistaken for a
     /// transfer left behind by a previous agent process.
     finished: Mutex<HashSet<(String, String)>>,
+    /// (session UID, host, target kind, target name) this process backed up
+    /// successfully: the agent that ran a succeeded session's first host
+    /// applies its retention policy ([`crate::retention::retention_owner`]).
+    backed_up: Mutex<HashSet<(String, String, String, String)>>,
+    /// Session UIDs whose retention this process started.
+    retention_started: Mutex<HashSet<String>>,
 }
 
 /// The session's `nice`/`ionice`.
@@ -217,6 +225,8 @@ impl Agent {
             progress_interval,
             inflight: Mutex::new(HashSet::new()),
             finished: Mutex::new(HashSet::new()),
+            backed_up: Mutex::new(HashSet::new()),
+            retention_started: Mutex::new(HashSet::new()),
         })
     }
 
@@ -279,6 +289,8 @@ impl Agent {
             note: Some(note),
             action: if reason.contains("Restore") {
                 "Restore".into()
+            } else if reason.starts_with("Retention") {
+                "Retention".into()
             } else {
                 "Backup".into()
             },
@@ -342,11 +354,13 @@ impl Agent {
         self: &Arc<Self>,
         bs: BackupSession,
     ) -> Result<(), AgentError> {
-        if matches!(
-            bs.status.as_ref().and_then(|s| s.phase),
-            Some(Phase::Succeeded | Phase::Failed | Phase::Skipped)
-        ) {
-            return Ok(());
+        match bs.status.as_ref().and_then(|s| s.phase) {
+            Some(Phase::Succeeded) => {
+                self.maybe_apply_retention(&bs);
+                return Ok(());
+            }
+            Some(Phase::Failed | Phase::Skipped) => return Ok(()),
+            _ => {}
         }
         let ns = bs.namespace().unwrap_or_default();
         let inv = &bs.spec.invoker;
@@ -484,6 +498,19 @@ impl Agent {
                 )
             }
         };
+        if failure.is_none() {
+            // Before the status write: the session can turn Succeeded
+            // (and its retention be due) as soon as the entry is written.
+            self.backed_up
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((
+                    bs.uid().unwrap_or_default(),
+                    host.to_string(),
+                    tref.kind.clone(),
+                    tref.name.clone(),
+                ));
+        }
         if let Err(e) =
             crate::status::upsert_host_entry(&api, "BackupSession", &name, host, &entry).await
         {

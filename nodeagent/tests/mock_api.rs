@@ -38,6 +38,7 @@ fn status_422(msg: &str) -> Value {
            "reason": "Invalid", "code": 422})
 }
 
+#[derive(Default)]
 struct World {
     config: Value,
     /// `Some(node)`: pod lists must be scoped to that node.
@@ -57,6 +58,12 @@ struct World {
     repository: Value,
     /// Its credentials Secret in hoard-system (served by name).
     secret: Value,
+    /// Finishing events (not `...Started`) to see before the server stops,
+    /// beyond the first.
+    extra_final_events: usize,
+    final_events_seen: usize,
+    /// Told every event reason as it is posted.
+    event_tx: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 fn local_repository() -> Value {
@@ -123,6 +130,10 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
+        let merge = req
+            .headers()
+            .get("content-type")
+            .is_some_and(|c| c.as_bytes() == b"application/merge-patch+json");
         let body = http_body_util::BodyExt::collect(req.into_body())
             .await
             .unwrap()
@@ -212,6 +223,16 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
                     w.session_path
                 ) =>
             {
+                if merge {
+                    let patch: Value = serde_json::from_slice(&body).unwrap();
+                    json_patch::merge(&mut w.session, &patch);
+                    w.rv += 1;
+                    let rv = w.rv.to_string();
+                    w.session["metadata"]["resourceVersion"] = json!(rv);
+                    let s = w.session.clone();
+                    respond(send, StatusCode::OK, s);
+                    continue;
+                }
                 let patch: json_patch::Patch = serde_json::from_slice(&body).expect("a JSON patch");
                 if w.inject_conflict && !w.conflicts_injected {
                     // another node's agent writes host-2 just before us
@@ -247,8 +268,32 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
                 assert_eq!(ev["reportingController"], "hoard-agent");
                 let reason = ev["reason"].as_str().unwrap().to_string();
                 w.events.push(reason.clone());
+                if let Some(tx) = &w.event_tx {
+                    let _ = tx.send(reason.clone());
+                }
                 respond(send, StatusCode::CREATED, ev);
-                !reason.ends_with("Started")
+                if !reason.ends_with("Started") {
+                    w.final_events_seen += 1;
+                }
+                w.final_events_seen > w.extra_final_events
+            }
+            (Method::PATCH, p)
+                if Some(p)
+                    == w.repository["metadata"]["name"]
+                        .as_str()
+                        .map(|n| {
+                            format!(
+                                "/apis/hoard.dev/v1beta1/namespaces/demo/repositories/{n}/status"
+                            )
+                        })
+                        .as_deref() =>
+            {
+                assert!(merge, "the Repository status is merge-patched");
+                let patch: Value = serde_json::from_slice(&body).unwrap();
+                json_patch::merge(&mut w.repository, &patch);
+                let r = w.repository.clone();
+                respond(send, StatusCode::OK, r);
+                false
             }
             (m, p) => panic!("unexpected request {m} {p}?{query}"),
         };
@@ -311,6 +356,7 @@ async fn backup_session_host_status_merges_with_other_agents() {
         conflicts_injected: false,
         repository: local_repository(),
         secret: repo_secret(&[]),
+        ..Default::default()
     }));
     let server = tokio::spawn(api_server(handle, world.clone()));
     let bs: api::BackupSession = serde_json::from_value(session).unwrap();
@@ -485,6 +531,7 @@ async fn restore_session_restores_a_held_pod_and_releases_it() {
         conflicts_injected: false,
         repository: local_repository(),
         secret: repo_secret(&[]),
+        ..Default::default()
     }));
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let mut kubelet = Kubelet::new(&kroot);
@@ -599,6 +646,7 @@ async fn deployment_is_backed_up_by_exactly_one_agent() {
             conflicts_injected: false,
             repository: local_repository(),
             secret: repo_secret(&[]),
+            ..Default::default()
         }));
         let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let mut kubelet = Kubelet::new(t.path().join(node));
@@ -683,6 +731,7 @@ async fn a_host_left_running_by_a_previous_agent_process_is_marked_failed() {
         conflicts_injected: false,
         repository: local_repository(),
         secret: repo_secret(&[]),
+        ..Default::default()
     }));
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let agent = Agent::new(
@@ -786,6 +835,7 @@ async fn backup_into_an_s3_repository_that_restic_reads() {
             ("AWS_ACCESS_KEY_ID", "testing"),
             ("AWS_SECRET_ACCESS_KEY", "testing"),
         ]),
+        ..Default::default()
     }));
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let agent = Agent::new(
@@ -874,6 +924,7 @@ async fn a_secret_not_shared_with_the_namespace_is_refused() {
         conflicts_injected: false,
         repository: local_repository(),
         secret,
+        ..Default::default()
     }));
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let mut kubelet = Kubelet::new(&kroot);
@@ -903,4 +954,179 @@ async fn a_secret_not_shared_with_the_namespace_is_refused() {
         "Secret hoard-system/repo-secret may not be used by Repository \"local-repo\" in namespace demo: add demo to the Secret's hoard.dev/allowed-namespaces annotation (comma-separated, or *)"
     );
     assert!(!t.path().join("host/var/hoard/repo").exists());
+}
+
+/// After the session succeeded, the agent that backed up its first host
+/// applies `keepLast: 1` to the configuration's snapshots (another
+/// configuration's snapshot in the same repository is left alone), records
+/// the outcome in `status.retention`, posts an event and writes the
+/// `Repository` status. An agent on another node that ran no host of the
+/// session makes no request at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_runs_once_after_a_successful_session() {
+    use nodeagent::work::{HostProgress, HostVolume, TransferSettings, run_backup_host};
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    let data = kroot.join("pods/uid-0/volumes/kubernetes.io~empty-dir/data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a"), "today").unwrap();
+    let host_root = t.path().join("host");
+    let repo_dir = host_root.join("var/hoard/repo");
+    let repo = Repository::init(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+    // two earlier backups of this configuration's host-0, one of another's
+    let old = t.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    for (i, cfg) in ["ss-backup", "other", "ss-backup"].iter().enumerate() {
+        std::fs::write(old.join("a"), format!("day {i}")).unwrap();
+        let settings = TransferSettings {
+            tags: vec![
+                format!("backupconfiguration={cfg}"),
+                "target=StatefulSet/web".into(),
+            ],
+            ..Default::default()
+        };
+        let r = run_backup_host(
+            &repo,
+            "host-0",
+            &[HostVolume {
+                volume: "data".into(),
+                snapshot_path: "/source/data".into(),
+                dir: nodeagent::beneath::SecureDir::open_root(&old).unwrap(),
+            }],
+            &settings,
+            &HostProgress::default(),
+        );
+        assert!(r.error.is_none());
+    }
+    drop(repo);
+
+    let mut cfg = config();
+    cfg["spec"]["retentionPolicy"] = json!({"name": "keep-last", "keepLast": 1, "prune": false});
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let (event_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: cfg,
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        session: session.clone(),
+        rv: 1,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
+        extra_final_events: 1,
+        event_tx: Some(event_tx),
+        ..Default::default()
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut kubelet = Kubelet::new(&kroot);
+    kubelet.host_root = Some(host_root.clone());
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        kubelet,
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(120), events.recv())
+            .await
+            .expect("the backup finished in time");
+        if ev.as_deref() == Some("HostBackupSucceeded") {
+            break;
+        }
+    }
+    // the controllers roll the session up to Succeeded; every agent sees it
+    let succeeded = {
+        let mut w = world.lock().unwrap();
+        w.session["status"]["phase"] = json!("Succeeded");
+        w.session.clone()
+    };
+    let bs: api::BackupSession = serde_json::from_value(succeeded.clone()).unwrap();
+    agent.handle_backup_session(bs.clone()).await.unwrap();
+    // a repeated watch event starts nothing twice
+    agent.handle_backup_session(bs.clone()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("retention finished in time")
+        .unwrap();
+
+    {
+        let w = world.lock().unwrap();
+        assert_eq!(
+            w.events,
+            [
+                "HostBackupStarted",
+                "HostBackupSucceeded",
+                "RetentionApplied"
+            ]
+        );
+        let r = &w.session["status"]["retention"];
+        assert_eq!(r["phase"], "Succeeded", "{r}");
+        assert_eq!(r["dryRun"], false);
+        assert_eq!(r["snapshotsRemoved"], 2, "{r}");
+        assert_eq!(r["snapshotsKept"], 1, "{r}");
+        assert_eq!(r["node"], "node-a");
+        assert!(r["startTime"].is_string() && r["completionTime"].is_string());
+        assert!(r.get("error").is_none());
+        let rs = &w.repository["status"];
+        assert_eq!(rs["snapshotCount"], 2, "{rs}");
+        assert_eq!(rs["snapshotsRemovedOnLastCleanup"], 2);
+        assert!(rs["totalSizeBytes"].as_i64().unwrap() > 0);
+        assert!(rs["lastBackupTime"].is_string() && rs["firstBackupTime"].is_string());
+        let merges = w
+            .log
+            .iter()
+            .filter(|(m, p)| m == "PATCH" && p.ends_with("/backupsessions/bs-1/status"))
+            .count();
+        assert_eq!(
+            merges, 4,
+            "Running, Succeeded (host), Running, outcome (retention)"
+        );
+    }
+
+    let repo = Repository::open(Arc::new(LocalBackend::new(&repo_dir)), PASSWORD).unwrap();
+    let left: Vec<(String, String)> = repo
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(_, s)| (s.tags[0].clone(), s.time.to_rfc3339()))
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(left[0].0, "backupconfiguration=other");
+    assert_eq!(left[1].0, "backupconfiguration=ss-backup");
+
+    // node-b's agent ran no host of this session: it only looks
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let other = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-b".into(),
+        "hoard-system".into(),
+        Kubelet::new(&kroot),
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    other.handle_backup_session(bs).await.unwrap();
+    drop(other);
+    assert!(
+        handle.next_request().await.is_none(),
+        "no request from an agent that does not own retention"
+    );
 }
