@@ -43,6 +43,7 @@ use crate::work::{
     HostProgress, HostVolume, TransferError, TransferSettings, run_backup_host, run_restore_host,
 };
 
+mod recovery;
 mod retention;
 
 /// Errors that stop a session's handling on this node.
@@ -248,6 +249,7 @@ impl Agent {
         probe::<BackupSession>(&self.client, "BackupSession").await?;
         probe::<RestoreSession>(&self.client, "RestoreSession").await?;
         probe::<api::Repository>(&self.client, "Repository").await?;
+        probe::<api::Recovery>(&self.client, "Recovery").await?;
         Ok(())
     }
 
@@ -291,6 +293,8 @@ impl Agent {
                 "Restore".into()
             } else if reason.starts_with("Retention") {
                 "Retention".into()
+            } else if reason.starts_with("Recovery") {
+                "Recovery".into()
             } else {
                 "Backup".into()
             },
@@ -885,6 +889,7 @@ impl Agent {
         let cfg = watcher::Config::default();
         let bs = watcher(Api::<BackupSession>::all(self.client.clone()), cfg.clone());
         let rs = watcher(Api::<RestoreSession>::all(self.client.clone()), cfg.clone());
+        let rec = watcher(Api::<api::Recovery>::all(self.client.clone()), cfg.clone());
         let pods = watcher(
             Api::<Pod>::all(self.client.clone()),
             cfg.fields(&format!("spec.nodeName={}", self.node)),
@@ -893,13 +898,17 @@ impl Agent {
             Backup(Box<watcher::Event<BackupSession>>),
             Restore(Box<watcher::Event<RestoreSession>>),
             Pod(Box<watcher::Event<Pod>>),
+            Recovery(Box<watcher::Event<api::Recovery>>),
         }
         let mut all = futures::stream::select(
             futures::stream::select(
                 bs.map_ok(|e| Ev::Backup(Box::new(e))),
                 rs.map_ok(|e| Ev::Restore(Box::new(e))),
             ),
-            pods.map_ok(|e| Ev::Pod(Box::new(e))),
+            futures::stream::select(
+                pods.map_ok(|e| Ev::Pod(Box::new(e))),
+                rec.map_ok(|e| Ev::Recovery(Box::new(e))),
+            ),
         )
         .boxed();
         let mut synced = 0u8;
@@ -937,6 +946,18 @@ impl Agent {
                     watcher::Event::InitDone => synced += 1,
                     _ => {}
                 },
+                Ev::Recovery(e) => match *e {
+                    watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                        let a = self.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = a.handle_recovery(o).await {
+                                tracing::warn!(error = %e, "recovery");
+                            }
+                        });
+                    }
+                    watcher::Event::InitDone => synced += 1,
+                    _ => {}
+                },
                 Ev::Pod(e) => match *e {
                     watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
                         self.clone().on_pod(p);
@@ -945,7 +966,7 @@ impl Agent {
                     _ => {}
                 },
             }
-            if synced >= 3 && !ready.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            if synced >= 4 && !ready.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tracing::info!(node = %self.node, "watches synced; agent ready");
             }
         }

@@ -24,6 +24,7 @@ pub mod beneath;
 pub mod hold;
 pub mod metrics;
 pub mod owner;
+pub mod recovery;
 pub mod repo;
 pub mod retention;
 pub mod status;
@@ -79,6 +80,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     })?;
     let mut kubelet = volumes::Kubelet::new(&args.kubelet_root);
     kubelet.host_root = args.host_root.clone();
+    kubelet.recovery_roots = args.recovery_allowed_paths.clone();
     let pods = args.kubelet_root.join("pods");
     anyhow::ensure!(
         pods.is_dir(),

@@ -66,6 +66,15 @@ struct World {
     event_tx: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
+/// `Recovery` is v1alpha1, the sessions v1beta1.
+fn session_version(session_path: &str) -> &'static str {
+    if session_path.starts_with("recoveries/") {
+        "v1alpha1"
+    } else {
+        "v1beta1"
+    }
+}
+
 fn local_repository() -> Value {
     json!({
         "apiVersion": "hoard.dev/v1beta1", "kind": "Repository",
@@ -209,7 +218,8 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
             }
             (Method::GET, p)
                 if p == format!(
-                    "/apis/hoard.dev/v1beta1/namespaces/demo/{}/status",
+                    "/apis/hoard.dev/{}/namespaces/demo/{}/status",
+                    session_version(&w.session_path),
                     w.session_path
                 ) =>
             {
@@ -219,7 +229,8 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
             }
             (Method::PATCH, p)
                 if p == format!(
-                    "/apis/hoard.dev/v1beta1/namespaces/demo/{}/status",
+                    "/apis/hoard.dev/{}/namespaces/demo/{}/status",
+                    session_version(&w.session_path),
                     w.session_path
                 ) =>
             {
@@ -1129,4 +1140,127 @@ async fn retention_runs_once_after_a_successful_session() {
         handle.next_request().await.is_none(),
         "no request from an agent that does not own retention"
     );
+}
+
+/// Seed 000's StatefulSet Recovery: `podOrdinal: 1` → host-1's latest
+/// backup is restored, by the agent on web-1's node, into the hostPath under
+/// the agent's allowed recovery root; the status has the path's phase and
+/// duration, and events say it started and succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_restores_a_statefulset_host_into_a_host_path() {
+    use nodeagent::work::{HostProgress, HostVolume, TransferSettings, run_backup_host};
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    std::fs::create_dir_all(kroot.join("pods")).unwrap();
+    let host_root = t.path().join("host");
+    let repo_dir = host_root.join("var/hoard/repo");
+    let repo = Repository::init(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+    // host-1's backup (and host-0's, which must not be restored)
+    for (host, content) in [("host-1", "rows of web-1"), ("host-0", "rows of web-0")] {
+        let src = t.path().join(host);
+        std::fs::create_dir_all(src.join("db")).unwrap();
+        std::fs::write(src.join("db/rows"), content).unwrap();
+        let r = run_backup_host(
+            &repo,
+            host,
+            &[HostVolume {
+                volume: "data".into(),
+                snapshot_path: "/source/data".into(),
+                dir: nodeagent::beneath::SecureDir::open_root(&src).unwrap(),
+            }],
+            &TransferSettings::default(),
+            &HostProgress::default(),
+        );
+        assert!(r.error.is_none());
+    }
+    drop(repo);
+
+    let recovery = json!({
+        "apiVersion": "hoard.dev/v1alpha1", "kind": "Recovery",
+        "metadata": {"name": "rec-1", "namespace": "demo", "uid": "rec-uid", "resourceVersion": "1"},
+        "spec": {
+            "restic": "ss-backup",
+            "workload": {"kind": "Statefulset", "name": "web"},
+            "podOrdinal": 1,
+            "volumes": [{"name": "data", "hostPath": {"path": "/var/lib/hoard/recovery/web-1"}}]
+        }
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: config(),
+        node_scoped: Some("node-a".into()),
+        session_path: "recoveries/rec-1".into(),
+        pods: vec![pod("web-1", "uid-1", "node-a")],
+        session: recovery.clone(),
+        rv: 1,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
+        ..Default::default()
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut kubelet = Kubelet::new(&kroot);
+    kubelet.host_root = Some(host_root.clone());
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        kubelet,
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let rec: api::Recovery = serde_json::from_value(recovery.clone()).unwrap();
+    agent.handle_recovery(rec.clone()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("the recovery finished in time")
+        .unwrap();
+
+    assert_eq!(
+        std::fs::read_to_string(host_root.join("var/lib/hoard/recovery/web-1/db/rows")).unwrap(),
+        "rows of web-1"
+    );
+    {
+        let w = world.lock().unwrap();
+        assert_eq!(w.events, ["RecoveryStarted", "RecoverySucceeded"]);
+        let st = &w.session["status"];
+        assert_eq!(st["phase"], "Succeeded", "{st}");
+        assert_eq!(st["stats"][0]["path"], "/source/data");
+        assert_eq!(st["stats"][0]["phase"], "Succeeded");
+        assert!(st["stats"][0]["duration"].is_string());
+    }
+
+    // the agent on another node (web-1 is not there) leaves it alone
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let other = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-b".into(),
+        "hoard-system".into(),
+        Kubelet::new(&kroot),
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let pods = vec![pod("web-1", "uid-1", "node-a")];
+    let lister = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.uri().path(), "/api/v1/namespaces/demo/pods");
+        respond(
+            send,
+            StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}),
+        );
+        handle.next_request().await.is_none()
+    });
+    other.handle_recovery(rec).await.unwrap();
+    drop(other);
+    assert!(lister.await.unwrap(), "node-b's agent only listed pods");
 }
