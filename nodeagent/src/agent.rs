@@ -17,7 +17,7 @@
 //! that this process is not running was left by a previous agent process
 //! (restarted mid-transfer): it is marked failed rather than left running.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use kube::{Client, Resource, ResourceExt};
 use api::host::WorkloadKind;
 use api::keys;
 use api::{BackupConfiguration, BackupSession, Phase, RestoreSession, TargetRef};
+use engine::backup::CancelToken;
 use engine::priority::Priority;
 
 use crate::hold::{Outcome, write_marker};
@@ -92,6 +93,10 @@ pub struct Agent {
     backed_up: Mutex<HashSet<(String, String, String, String)>>,
     /// Session UIDs whose retention this process started.
     retention_started: Mutex<HashSet<String>>,
+    /// Running transfers by (pod UID, session UID, host): cancelled when
+    /// the pod is deleted, so the host fails at once with that reason and
+    /// the agent's open directories do not hold up the kubelet's unmount.
+    pod_transfers: Mutex<HashMap<(String, String, String), CancelToken>>,
 }
 
 /// The session's `nice`/`ionice`.
@@ -185,6 +190,10 @@ enum HostFailure {
     Volume(#[from] VolumeError),
     #[error("{0}")]
     Kube(String),
+    #[error(
+        "pod {pod} was deleted while its volumes were being {op}; the transfer of this host was stopped (the repository stays valid)"
+    )]
+    PodDeleted { pod: String, op: &'static str },
 }
 
 impl HostFailure {
@@ -194,6 +203,7 @@ impl HostFailure {
             HostFailure::Transfer(e) => e.reason(),
             HostFailure::Volume(e) => e.reason(),
             HostFailure::Kube(_) => "kubernetes_api",
+            HostFailure::PodDeleted { .. } => "pod_deleted",
         }
     }
 }
@@ -228,6 +238,7 @@ impl Agent {
             finished: Mutex::new(HashSet::new()),
             backed_up: Mutex::new(HashSet::new()),
             retention_started: Mutex::new(HashSet::new()),
+            pod_transfers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -272,6 +283,43 @@ impl Agent {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
         finished.insert(key);
+    }
+
+    /// A cancel token for a transfer from `pod`'s volumes, registered until
+    /// [`Agent::pod_transfer_done`].
+    fn pod_transfer(&self, pod: &Pod, session_uid: &str, host: &str) -> CancelToken {
+        let t = CancelToken::new();
+        let key = (
+            pod.uid().unwrap_or_default(),
+            session_uid.to_string(),
+            host.to_string(),
+        );
+        let mut m = self.pod_transfers.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(key, t.clone());
+        t
+    }
+
+    fn pod_transfer_done(&self, pod: &Pod, session_uid: &str, host: &str) {
+        let key = (
+            pod.uid().unwrap_or_default(),
+            session_uid.to_string(),
+            host.to_string(),
+        );
+        self.pod_transfers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    }
+
+    /// The pod with `uid` is being deleted: stop its transfers.
+    pub fn pod_gone(&self, uid: &str) {
+        let m = self.pod_transfers.lock().unwrap_or_else(|e| e.into_inner());
+        for ((pod, _, host), t) in m.iter().filter(|((p, _, _), _)| p == uid) {
+            if !t.is_cancelled() {
+                tracing::warn!(pod_uid = %pod, host, "pod deleted: stopping its transfer");
+                t.cancel();
+            }
+        }
     }
 
     async fn event<K: Resource<DynamicType = ()>>(
@@ -452,6 +500,9 @@ impl Agent {
         let api: Api<BackupSession> = Api::namespaced(self.client.clone(), &ns);
         let tref = target.target_ref.clone();
         let target_label = format!("{}/{}", tref.kind, tref.name);
+        // From here on, deleting the pod stops this host's backup.
+        let uid = bs.uid().unwrap_or_default();
+        let cancel = self.pod_transfer(pod, &uid, host);
         let running = api::HostBackupStats {
             hostname: host.into(),
             target: Some(tref.clone()),
@@ -477,9 +528,27 @@ impl Agent {
         tracing::info!(%ns, session = %name, host, pod = %pod.name_any(), "backup started");
 
         let progress = HostProgress::default();
-        let result = self
-            .run_backup_transfer(&ns, cfg, target, host, pod, &progress, &api, &name, &tref)
+        let mut result = self
+            .run_backup_transfer(
+                &ns,
+                cfg,
+                target,
+                host,
+                pod,
+                &progress,
+                &api,
+                &name,
+                &tref,
+                cancel.clone(),
+            )
             .await;
+        self.pod_transfer_done(pod, &uid, host);
+        if cancel.is_cancelled() {
+            result = Err(HostFailure::PodDeleted {
+                pod: format!("{ns}/{}", pod.name_any()),
+                op: "backed up",
+            });
+        }
         let (entry, failure) = match result {
             Ok(report) => {
                 self.metrics.record_backup(&ns, &target_label, &report);
@@ -551,9 +620,14 @@ impl Agent {
         api: &Api<BackupSession>,
         name: &str,
         tref: &TargetRef,
+        cancel: CancelToken,
     ) -> Result<crate::work::HostBackupReport, HostFailure> {
         let access = self.repo_access(ns, &cfg.spec.repository.name).await?;
         let pvs = self.claims_to_pvs(ns, pod).await;
+        if cancel.is_cancelled() {
+            // the caller reports the deletion; do not touch the volumes
+            return Err(HostFailure::Kube("cancelled".into()));
+        }
         let mounts = mounts_for(pod, target.volume_mounts.as_ref());
         let priority = priority_of(cfg.spec.runtime_settings.as_ref());
         let settings = TransferSettings {
@@ -564,7 +638,7 @@ impl Agent {
             ],
             excludes: target.exclude.clone().unwrap_or_default(),
             threads: 0,
-            cancel: Default::default(),
+            cancel,
         };
         self.metrics.nice.set(priority.nice.unwrap_or(0).into());
         self.metrics
@@ -741,7 +815,19 @@ impl Agent {
                 ),
             )
             .await;
-            self.run_restore_transfer(rs, host, pod, plan).await
+            let cancel = self.pod_transfer(pod, &uid, host);
+            let r = self
+                .run_restore_transfer(rs, host, pod, plan, cancel.clone())
+                .await;
+            self.pod_transfer_done(pod, &uid, host);
+            if cancel.is_cancelled() {
+                Err(HostFailure::PodDeleted {
+                    pod: format!("{ns}/{}", pod.name_any()),
+                    op: "restored",
+                })
+            } else {
+                r
+            }
         } else {
             // no rule matches: nothing is restored, the pod may start
             Ok(crate::work::HostRestoreReport {
@@ -802,6 +888,7 @@ impl Agent {
         host: &str,
         pod: &Pod,
         plan: api::rules::RestorePlan,
+        cancel: CancelToken,
     ) -> Result<crate::work::HostRestoreReport, HostFailure> {
         let ns = rs.namespace().unwrap_or_default();
         let repo_name = rs
@@ -819,6 +906,7 @@ impl Agent {
         let settings = TransferSettings {
             priority,
             threads: 0,
+            cancel,
             ..Default::default()
         };
         let kubelet = self.kubelet.clone();
@@ -960,8 +1048,12 @@ impl Agent {
                 },
                 Ev::Pod(e) => match *e {
                     watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                        if p.metadata.deletion_timestamp.is_some() {
+                            self.pod_gone(&p.uid().unwrap_or_default());
+                        }
                         self.clone().on_pod(p);
                     }
+                    watcher::Event::Delete(p) => self.pod_gone(&p.uid().unwrap_or_default()),
                     watcher::Event::InitDone => synced += 1,
                     _ => {}
                 },

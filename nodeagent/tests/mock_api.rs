@@ -1264,3 +1264,80 @@ async fn recovery_restores_a_statefulset_host_into_a_host_path() {
     drop(other);
     assert!(lister.await.unwrap(), "node-b's agent only listed pods");
 }
+
+/// The pod is deleted while its host is being backed up: the host fails at
+/// once saying so (no hang, no cryptic "volume not found" from the
+/// kubelet's cleanup), and the session gets the failure event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_deleted_mid_backup_fails_its_host_clearly() {
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    let pod_dir = kroot.join("pods/uid-0");
+    let data = pod_dir.join("volumes/kubernetes.io~empty-dir/data");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..200 {
+        std::fs::write(data.join(format!("f{i}")), format!("{i}").repeat(5000)).unwrap();
+    }
+    let host_root = t.path().join("host");
+    Repository::init(
+        Arc::new(LocalBackend::new(host_root.join("var/hoard/repo"))),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let (event_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: config(),
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        session: session.clone(),
+        rv: 1,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
+        event_tx: Some(event_tx),
+        ..Default::default()
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut kubelet = Kubelet::new(&kroot);
+    kubelet.host_root = Some(host_root);
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        kubelet,
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    let started = tokio::time::timeout(Duration::from_secs(60), events.recv())
+        .await
+        .unwrap();
+    assert_eq!(started.as_deref(), Some("HostBackupStarted"));
+    // the pod watch reports the deletion; the kubelet then removes the pod's directory
+    agent.pod_gone("uid-0");
+    std::fs::remove_dir_all(&pod_dir).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the host failed promptly instead of hanging")
+        .unwrap();
+    let w = world.lock().unwrap();
+    assert_eq!(w.events, ["HostBackupStarted", "HostBackupFailed"]);
+    let h0 = &w.session["status"]["stats"][0];
+    assert_eq!(h0["phase"], "Failed");
+    assert_eq!(
+        h0["error"],
+        "pod demo/web-0 was deleted while its volumes were being backed up; the transfer of this host was stopped (the repository stays valid)"
+    );
+}
