@@ -441,11 +441,17 @@ impl Agent {
                     .collect();
             for (host, pod) in owned {
                 let uid = bs.uid().unwrap_or_default();
-                let prior = crate::status::host_phase(&stats, &host);
+                let tjson = serde_json::to_value(&target.target_ref).unwrap_or_default();
+                let prior = crate::status::target_host_phase(&stats, &host, &tjson);
+                // batch targets may share a host name: claim per target
+                let claim = format!(
+                    "{}/{}/{host}",
+                    target.target_ref.kind, target.target_ref.name
+                );
                 if matches!(prior.as_deref(), Some("Succeeded" | "Failed")) {
                     continue;
                 }
-                if !self.claim(&uid, &host) {
+                if !self.claim(&uid, &claim) {
                     continue;
                 }
                 let agent = self.clone();
@@ -458,7 +464,7 @@ impl Agent {
                     } else {
                         agent.backup_host(&bs, &cfg, &target, &host, &pod).await;
                     }
-                    agent.release(&uid, &host);
+                    agent.release(&uid, &claim);
                 });
             }
         }
@@ -519,7 +525,7 @@ impl Agent {
             false,
             reason::BACKUP_STARTED,
             format!(
-                "{host}: backing up pod {} on node {}",
+                "{host} of {target_label}: backing up pod {} on node {}",
                 pod.name_any(),
                 self.node
             ),
@@ -596,14 +602,19 @@ impl Agent {
                     bs,
                     false,
                     reason::BACKUP_SUCCEEDED,
-                    format!("{host}: backup succeeded"),
+                    format!("{host} of {target_label}: backup succeeded"),
                 )
                 .await
             }
             Some(msg) => {
                 tracing::warn!(%ns, session = %name, host, error = %msg, "backup failed");
-                self.event(bs, true, reason::BACKUP_FAILED, format!("{host}: {msg}"))
-                    .await
+                self.event(
+                    bs,
+                    true,
+                    reason::BACKUP_FAILED,
+                    format!("{host} of {target_label}: {msg}"),
+                )
+                .await
             }
         }
     }

@@ -64,6 +64,8 @@ struct World {
     final_events_seen: usize,
     /// Told every event reason as it is posted.
     event_tx: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// (event name, reason) of posted events, for series updates (PATCH).
+    event_names: Vec<(String, String)>,
 }
 
 /// `Recovery` is v1alpha1, the sessions v1beta1.
@@ -278,11 +280,35 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
                 assert_eq!(ev["regarding"]["name"], session_name.as_str());
                 assert_eq!(ev["reportingController"], "hoard-agent");
                 let reason = ev["reason"].as_str().unwrap().to_string();
+                let ev_name = ev["metadata"]["name"].as_str().unwrap_or("").to_string();
+                w.event_names.push((ev_name, reason.clone()));
                 w.events.push(reason.clone());
                 if let Some(tx) = &w.event_tx {
                     let _ = tx.send(reason.clone());
                 }
                 respond(send, StatusCode::CREATED, ev);
+                if !reason.ends_with("Started") {
+                    w.final_events_seen += 1;
+                }
+                w.final_events_seen > w.extra_final_events
+            }
+            // the recorder turns a repeated reason into a series: a PATCH
+            (Method::PATCH, p)
+                if p.starts_with("/apis/events.k8s.io/v1/namespaces/demo/events/") =>
+            {
+                let ev_name = p.rsplit('/').next().unwrap_or("").to_string();
+                let reason = w
+                    .event_names
+                    .iter()
+                    .find(|(n, _)| *n == ev_name)
+                    .map(|(_, r)| r.clone())
+                    .expect("a series update of a posted event");
+                w.events.push(reason.clone());
+                if let Some(tx) = &w.event_tx {
+                    let _ = tx.send(reason.clone());
+                }
+                let ev: Value = serde_json::from_slice(&body).unwrap();
+                respond(send, StatusCode::OK, ev);
                 if !reason.ends_with("Started") {
                     w.final_events_seen += 1;
                 }
@@ -727,7 +753,8 @@ async fn a_host_left_running_by_a_previous_agent_process_is_marked_failed() {
         "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
         "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "4"},
         "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}},
-        "status": {"phase": "Running", "stats": [{"hostname": "host-0", "phase": "Running"}]}
+        "status": {"phase": "Running", "stats": [{"hostname": "host-0", "phase": "Running",
+            "target": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web"}}]}
     });
     let world = Arc::new(std::sync::Mutex::new(World {
         config: config(),
@@ -1340,4 +1367,113 @@ async fn a_pod_deleted_mid_backup_fails_its_host_clearly() {
         h0["error"],
         "pod demo/web-0 was deleted while its volumes were being backed up; the transfer of this host was stopped (the repository stays valid)"
     );
+}
+
+/// Batch backup (seed 004): two Deployments in one configuration are both
+/// `host-0`; the agent backs up each (claims are per target) and their
+/// status entries stay apart (merged by hostname and target).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_targets_sharing_host_0_are_both_backed_up() {
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    let host_root = t.path().join("host");
+    let repo_dir = host_root.join("var/hoard/repo");
+    Repository::init(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+    let dep_pod = |app: &str, uid: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{app}-5f7c-aaaa"), "namespace": "demo", "uid": uid,
+                "labels": {"pod-template-hash": "5f7c"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{app}-5f7c"), "uid": "rs", "controller": true}]},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "x",
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                "volumes": [{"name": "data", "emptyDir": {}}]},
+            "status": {"phase": "Running"}
+        })
+    };
+    for (app, uid) in [("a", "uid-a"), ("b", "uid-b")] {
+        let d = kroot.join(format!("pods/{uid}/volumes/kubernetes.io~empty-dir/data"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("f"), format!("data of {app}")).unwrap();
+    }
+    let mut cfg = config();
+    let target =
+        |n: &str| json!({"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": n}});
+    cfg["spec"]["target"] = target("a");
+    cfg["spec"]["targets"] = json!([target("b")]);
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: cfg,
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![dep_pod("a", "uid-a"), dep_pod("b", "uid-b")],
+        session: session.clone(),
+        rv: 1,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
+        extra_final_events: 1,
+        ..Default::default()
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut kubelet = Kubelet::new(&kroot);
+    kubelet.host_root = Some(host_root);
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        kubelet,
+        2,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("both hosts finished in time")
+        .unwrap();
+    {
+        let w = world.lock().unwrap();
+        let mut entries: Vec<(String, String, String)> = w.session["status"]["stats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["hostname"].as_str().unwrap().to_string(),
+                    e["target"]["name"].as_str().unwrap().to_string(),
+                    e["phase"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        entries.sort();
+        assert_eq!(
+            entries,
+            [
+                ("host-0".into(), "a".into(), "Succeeded".into()),
+                ("host-0".into(), "b".into(), "Succeeded".into())
+            ]
+        );
+    }
+    let repo = Repository::open(Arc::new(LocalBackend::new(&repo_dir)), PASSWORD).unwrap();
+    let mut targets: Vec<String> = repo
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(_, s)| s.tags[1].clone())
+        .collect();
+    targets.sort();
+    assert_eq!(targets, ["target=Deployment/a", "target=Deployment/b"]);
 }
