@@ -7,8 +7,9 @@
 //! `backupconfiguration=<name>`) → [`engine::forget::plan_forget`] per
 //! host + paths (+ tags, see [`GROUP_BY`]) → unless `dryRun`, delete the
 //! planned snapshots with [`engine::forget::forget`] under the engine's
-//! exclusive repository lock → prune if `retentionPolicy.prune` and
-//! something was removed (as `restic forget --prune`) → [`summarize`] the
+//! exclusive repository lock → [`prune_after_forget`] if
+//! `retentionPolicy.prune` and something was removed (as `restic forget
+//! --prune`) → [`summarize`] the
 //! repository for its status.
 
 use chrono::{DateTime, FixedOffset};
@@ -77,6 +78,9 @@ pub struct RetentionReport {
     pub pruned_bytes: Option<u64>,
     /// Why prune did not run although the policy asks for it.
     pub prune_note: Option<String>,
+    /// The policy asks for a prune and snapshots were removed (restic's
+    /// `forget --prune` prunes only then): [`prune_after_forget`] is due.
+    pub prune_due: bool,
 }
 
 /// Why retention failed.
@@ -137,24 +141,25 @@ pub fn apply_retention(
     }
     let stats = forget(repo, &plans).map_err(RetentionError::Forget)?;
     report.removed = stats.removed;
+    report.prune_due = policy.prune.unwrap_or(false) && stats.removed > 0;
     tracing::info!(
         config,
         removed = stats.removed,
         kept,
         "retention: snapshots forgotten"
     );
-    if policy.prune.unwrap_or(false) {
-        prune_after_forget(repo, &mut report)?;
-    }
     Ok(report)
 }
 
-/// Prune is not part of this build's engine yet: say so rather than
-/// pretend it ran.
-fn prune_after_forget(
+/// The prune a forget made due (see [`RetentionReport::prune_due`]); a
+/// separate step so that a prune that finds the repository locked is
+/// retried without forgetting again. Prune is not part of this build's
+/// engine yet: the report says so rather than pretend it ran.
+pub fn prune_after_forget(
     _repo: &Repository,
     report: &mut RetentionReport,
 ) -> Result<(), RetentionError> {
+    report.prune_due = false;
     report.prune_note = Some(
         "prune was requested but this Hoard build has no prune yet; unreferenced data stays until a later prune"
             .into(),

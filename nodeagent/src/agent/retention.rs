@@ -26,7 +26,8 @@ use api::{BackupConfiguration, BackupSession, Phase, RetentionStatus};
 
 use super::{Agent, HostFailure, priority_of};
 use crate::retention::{
-    RepoSummary, RetentionError, RetentionReport, apply_retention, retention_owner, summarize,
+    RepoSummary, RetentionError, RetentionReport, apply_retention, prune_after_forget,
+    retention_owner, summarize,
 };
 use crate::work::human_bytes;
 
@@ -260,20 +261,36 @@ impl Agent {
             .as_ref()
             .is_some_and(|p| crate::retention::engine_policy(p).is_some());
         let config = cfg.name_any();
+        // A forget that succeeded is not repeated when only its prune
+        // found the repository locked.
+        let mut forgotten: Option<RetentionReport> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let (access, policy, config) = (access.clone(), policy.clone(), config.clone());
-            let r = self
+            let prior = forgotten.clone();
+            let (report, r) = self
                 .transfers
                 .run("hoard-retention", priority, move || {
-                    let repo = access.open().map_err(HostFailure::from)?;
-                    let report = match policy.filter(|_| applies) {
-                        Some(p) => Some(apply_retention(&repo, &config, &p)?),
-                        None => None,
+                    let repo = match access.open() {
+                        Ok(r) => r,
+                        Err(e) => return (prior, Err(Failure::Host(e.into()))),
                     };
-                    let summary = summarize(&repo).map_err(RetentionError::Snapshots)?;
-                    Ok::<_, Failure>((report, summary))
+                    let mut report = match (prior, policy.filter(|_| applies)) {
+                        (Some(r), _) => Some(r),
+                        (None, Some(p)) => match apply_retention(&repo, &config, &p) {
+                            Ok(r) => Some(r),
+                            Err(e) => return (None, Err(e.into())),
+                        },
+                        (None, None) => None,
+                    };
+                    if let Some(rep) = report.as_mut().filter(|r| r.prune_due)
+                        && let Err(e) = prune_after_forget(&repo, rep)
+                    {
+                        return (report, Err(e.into()));
+                    }
+                    let summary = summarize(&repo).map_err(|e| RetentionError::Snapshots(e).into());
+                    (report, summary)
                 })
                 .await
                 .map_err(|e| Failure::Host(HostFailure::from(e)))?;
@@ -286,10 +303,12 @@ impl Agent {
                         return Err(Failure::Locked { holder });
                     }
                     tracing::info!(attempt, %holder, "repository locked; retention retries");
+                    forgotten = report;
                     tokio::time::sleep((LOCK_RETRY_STEP * attempt).min(Duration::from_secs(120)))
                         .await;
                 }
-                r => return r,
+                Err(f) => return Err(f),
+                Ok(summary) => return Ok((report, summary)),
             }
         }
     }
