@@ -8,12 +8,19 @@
 //! ```text
 //! watches (agent) ── sessions, pods on this node
 //!   └─ owner: which hosts are mine (pure)
-//!       └─ repo: Repository + Secret from hoard-system → engine repository
+//!       └─ repo: Repository + Secret from hoard-system (allowed-namespaces
+//!          checked) → local, S3, GCS, Azure, B2, Swift or REST repository
 //!       └─ volumes: pod + volume → kubelet dir, opened beneath (beneath)
 //!           └─ transfers: ≤ --max-transfers threads with nice/ionice
 //!               └─ work: engine backup / restore of the host's volumes
-//!                   └─ status (merge by hostname), events, metrics,
-//!                      hold: restore marker for the waiting init-container
+//!                   └─ status (merge by hostname and target), events,
+//!                      metrics, hold: restore marker for the waiting
+//!                      init-container
+//! session Succeeded ── retention: the agent that ran the first host forgets
+//!                      (and prunes) per the policy, writes status.retention
+//!                      and the Repository's status
+//! Recovery ─────────── recovery: the host's agent restores into hostPaths
+//!                      below --recovery-allowed-path (openat2 beneath)
 //! ```
 //!
 //! `run`/`run_async` are what `hoard agent` calls with [`Args`].
