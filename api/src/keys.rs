@@ -124,6 +124,18 @@ pub const ANNOTATION_RESTORE_ROLLOUT: &str = "hoard.dev/restore-rollout";
 pub const LABEL_BACKUP_CONFIGURATION: &str = "hoard.dev/backup-configuration";
 /// Label on short-lived pods/PVCs Hoard creates for a session (value: session name).
 pub const LABEL_SESSION: &str = "hoard.dev/session";
+/// Label on short-lived worker pods and restored PVCs: UID of the session
+/// they were created for (a UID always fits a label value; a name may not).
+pub const LABEL_SESSION_UID: &str = "hoard.dev/session-uid";
+/// Label on a PVC created from `volumeClaimTemplates`: name of the
+/// `RestoreSession` that created and restored it (set when the name fits a
+/// label value). The PVC is not owned by the session: it outlives it.
+pub const LABEL_RESTORED_BY: &str = "hoard.dev/restored-by";
+/// Annotation the controllers set on a `BackupSession` when a worker pod of
+/// it started running (value: the pod's name). The agent acts on session
+/// events; this change is the event that tells it a pod to back up through
+/// now exists.
+pub const ANNOTATION_WORKER_READY: &str = "hoard.dev/worker-ready";
 /// Finalizer the controllers put on sessions that own short-lived objects.
 pub const FINALIZER: &str = "hoard.dev/cleanup";
 

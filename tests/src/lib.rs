@@ -1,1 +1,303 @@
-//! End-to-end suite (see issue 8).
+//! End-to-end harness of Hoard (issue 8): drives the real binaries against a
+//! real API server.
+//!
+//! Data flow of one test ([`run`]):
+//!
+//! ```text
+//! KUBECONFIG / HOARD_E2E_KUBECONFIG ── unset ──> one skip line, return
+//!        │ set
+//!        v
+//! Env (once per test process, env.rs): build hoard-webhook, hoard, restore-wait
+//!   → apply manifests/crds.yaml, wait Established → Hoard namespace
+//!   → hoard-webhook on <host>:<port> (certs crate) + MutatingWebhookConfiguration
+//!     scoped to namespaces labelled hoard.dev/e2e=<run-id>
+//!   → test nodes (fake: Node objects hoard-e2e-node-a/b) → one `hoard agent` each
+//!        │
+//!        v
+//! per test: namespace hoard.dev/e2e=<run-id> → fake kubelet for its pods
+//!   (kubelet.rs; only when the cluster has no kubelets) → scenario body
+//!   → on failure: dump pods, sessions, events, process logs
+//!   → delete the namespace (kept with HOARD_E2E_KEEP=1)
+//! ```
+//!
+//! The processes are shared by every test of the process (tests run in
+//! parallel threads, each with its own tokio runtime, so no `kube::Client`
+//! is shared); each test works in its own namespace and its own repository,
+//! so no test depends on another or on their order.
+
+pub mod dump;
+pub mod env;
+pub mod kubelet;
+pub mod rbac;
+pub mod wait;
+pub mod workloads;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::wait::await_condition;
+use kube::{Client, Config};
+
+pub use env::Env;
+pub use kubelet::FakeKubelet;
+
+/// Label on every object the suite creates at cluster scope or as a
+/// namespace; its value is the run id.
+pub const E2E_LABEL: &str = "hoard.dev/e2e";
+/// Field manager of the suite's server-side applies.
+pub const FIELD_MANAGER: &str = "hoard-e2e";
+/// Password of every test repository.
+pub const REPO_PASSWORD: &str = "hoard-e2e-password";
+/// Name of the `Repository` each test namespace gets.
+pub const REPO_NAME: &str = "local";
+
+/// The kubeconfig the suite uses, if any: `HOARD_E2E_KUBECONFIG` first, then
+/// `KUBECONFIG`.
+pub fn kubeconfig() -> Option<PathBuf> {
+    ["HOARD_E2E_KUBECONFIG", "KUBECONFIG"]
+        .into_iter()
+        .filter_map(std::env::var_os)
+        .find(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// A client for the cluster the kubeconfig names.
+pub async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
+    anyhow::ensure!(
+        !kubeconfig.as_os_str().to_string_lossy().contains(':'),
+        "KUBECONFIG={} lists several files; set HOARD_E2E_KUBECONFIG to the one naming the test cluster",
+        kubeconfig.display()
+    );
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("cannot read kubeconfig {}", kubeconfig.display()))?;
+    let mut cfg = Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .with_context(|| {
+            format!(
+                "kubeconfig {} names no usable cluster",
+                kubeconfig.display()
+            )
+        })?;
+    // Watches of the fake kubelet and of the waits stay open for minutes.
+    cfg.read_timeout = Some(Duration::from_secs(295));
+    Client::try_from(cfg).context("cannot build a Kubernetes client")
+}
+
+/// `HOARD_E2E_KEEP=1`: leave namespaces in place for inspection.
+pub fn keep() -> bool {
+    std::env::var("HOARD_E2E_KEEP").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Everything a scenario needs.
+pub struct TestCtx {
+    pub client: Client,
+    /// The test's namespace.
+    pub ns: String,
+    pub env: Arc<Env>,
+    /// Present when the suite plays the kubelet (no kubelets in the cluster).
+    pub kubelet: Option<FakeKubelet>,
+}
+
+impl TestCtx {
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Where the repository of this test lives on the (shared) host root.
+    pub fn repo_dir(&self) -> PathBuf {
+        self.env
+            .host_root
+            .join(self.repo_host_path().trim_start_matches('/'))
+    }
+
+    /// `backend.local.hostPath.path` of this test's repository.
+    pub fn repo_host_path(&self) -> String {
+        format!("/repos/{}", self.ns)
+    }
+
+    /// The directory of volume `volume` of `pod` on the node the pod runs
+    /// on, as the agent of that node reads it.
+    pub fn volume_dir(&self, pod: &Pod, volume: &str) -> anyhow::Result<PathBuf> {
+        kubelet::volume_dir(&self.env, pod, volume)
+    }
+
+    /// Runs the stock `restic` against this test's repository.
+    pub async fn restic(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = tokio::process::Command::new(&self.env.restic)
+            .arg("--repo")
+            .arg(self.repo_dir())
+            .arg("--no-cache")
+            .args(args)
+            .env("RESTIC_PASSWORD", REPO_PASSWORD)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .with_context(|| format!("cannot run {}", self.env.restic.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "restic {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Initializes this test's repository with the stock `restic` and creates
+    /// its credentials Secret (in Hoard's namespace, allowed for this test's
+    /// namespace only) and the `Repository` object named [`REPO_NAME`].
+    pub async fn local_repository(&self, password: &str) -> anyhow::Result<()> {
+        std::fs::create_dir_all(self.repo_dir().parent().unwrap_or(&self.env.host_root))?;
+        self.restic(&["init"]).await?;
+        let secret_name = format!("{}-repo", self.ns);
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": secret_name,
+                "labels": { E2E_LABEL: self.env.run_id },
+                "annotations": { api::keys::ANNOTATION_ALLOWED_NAMESPACES: self.ns },
+            },
+            "stringData": { "RESTIC_PASSWORD": password },
+        }))?;
+        Api::<Secret>::namespaced(self.client.clone(), &self.env.hoard_ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .context("cannot create the repository Secret")?;
+        let repo: api::Repository = serde_json::from_value(serde_json::json!({
+            "apiVersion": "hoard.dev/v1beta1",
+            "kind": "Repository",
+            "metadata": { "name": REPO_NAME },
+            "spec": { "backend": {
+                "storageSecretName": secret_name,
+                "local": { "hostPath": { "path": self.repo_host_path() } },
+            } },
+        }))?;
+        self.api::<api::Repository>()
+            .create(&PostParams::default(), &repo)
+            .await
+            .context("cannot create the Repository")?;
+        Ok(())
+    }
+}
+
+/// Runs one scenario: skips (one line) without a cluster; otherwise sets up
+/// the shared environment and a fresh namespace, runs `body`, dumps what the
+/// test made when it fails, and deletes the namespace.
+pub async fn run<F, Fut>(name: &str, body: F)
+where
+    F: FnOnce(Arc<TestCtx>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let Some(kubeconfig) = kubeconfig() else {
+        println!(
+            "e2e {name}: skipped: set KUBECONFIG or HOARD_E2E_KUBECONFIG to a cluster to run it (see tests/README.md)"
+        );
+        return;
+    };
+    if let Err(e) = run_inner(name, &kubeconfig, body).await {
+        panic!("e2e {name} failed: {e:#}");
+    }
+}
+
+async fn run_inner<F, Fut>(name: &str, kubeconfig: &Path, body: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Arc<TestCtx>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let env = Env::get(kubeconfig.to_path_buf()).await?;
+    let client = client(kubeconfig).await?;
+    let ns = create_namespace(&client, &env, name).await?;
+    let kubelet = if env.fake_kubelet {
+        Some(FakeKubelet::start(client.clone(), env.clone(), ns.clone()))
+    } else {
+        None
+    };
+    let ctx = Arc::new(TestCtx {
+        client: client.clone(),
+        ns: ns.clone(),
+        env: env.clone(),
+        kubelet,
+    });
+    // A panic in the body (an assert!) ends up here as a JoinError, so the
+    // dump and the cleanup run either way.
+    let outcome = match tokio::spawn(body(ctx.clone())).await {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("the test panicked: {e}")),
+    };
+    if let Err(e) = &outcome {
+        eprintln!("e2e {name} in namespace {ns} failed: {e:#}");
+        dump::dump(&ctx).await;
+    }
+    if let Some(k) = &ctx.kubelet {
+        k.stop();
+    }
+    cleanup(&client, &env, &ns).await;
+    outcome
+}
+
+async fn create_namespace(client: &Client, env: &Env, test: &str) -> anyhow::Result<String> {
+    let base: String = test
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(30)
+        .collect();
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "generateName": format!("e2e-{}-", base.trim_matches('-')),
+            "labels": { E2E_LABEL: env.run_id },
+        }
+    }))?;
+    let created = Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .context("cannot create the test namespace")?;
+    let name = created
+        .metadata
+        .name
+        .context("the API server returned a namespace without a name")?;
+    // Pods are refused until the service account controller has created the
+    // namespace's default ServiceAccount.
+    let sas = Api::<ServiceAccount>::namespaced(client.clone(), &name);
+    let limit = Duration::from_secs(60);
+    tokio::time::timeout(
+        limit,
+        await_condition(sas, "default", |sa: Option<&ServiceAccount>| sa.is_some()),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "namespace {name} got no default ServiceAccount within {limit:?}; is kube-controller-manager running (with --service-account-private-key-file)?"
+        )
+    })??;
+    Ok(name)
+}
+
+async fn cleanup(client: &Client, env: &Env, ns: &str) {
+    if keep() {
+        eprintln!("HOARD_E2E_KEEP=1: namespace {ns} is kept");
+        return;
+    }
+    let secret = format!("{ns}-repo");
+    let _ = Api::<Secret>::namespaced(client.clone(), &env.hoard_ns)
+        .delete(&secret, &DeleteParams::default())
+        .await;
+    if let Err(e) = Api::<Namespace>::all(client.clone())
+        .delete(ns, &DeleteParams::background())
+        .await
+    {
+        eprintln!("cannot delete namespace {ns}: {e}; delete it with kubectl delete ns {ns}");
+    }
+}

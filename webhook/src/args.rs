@@ -38,6 +38,8 @@ pub struct Args {
     pub certs: CertArgs,
     #[command(flatten)]
     pub inject: InjectArgs,
+    #[command(flatten)]
+    pub controllers: ControllerArgs,
     /// Log format.
     #[arg(long, env = "HOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -95,6 +97,17 @@ pub struct InjectArgs {
     /// How long a held pod waits for its restore before giving up.
     #[arg(long, env = "HOARD_RESTORE_DEADLINE_SECONDS", default_value_t = DEFAULT_DEADLINE_SECS)]
     pub restore_deadline_seconds: u64,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct ControllerArgs {
+    /// Repository (in the workload's namespace) that auto-backup uses when a
+    /// pod template does not name one with hoard.dev/repository.
+    #[arg(long, env = "HOARD_DEFAULT_REPOSITORY", default_value = crate::controllers::DEFAULT_REPOSITORY)]
+    pub default_repository: String,
+    /// Cron schedule of auto-backup when hoard.dev/schedule is absent.
+    #[arg(long, env = "HOARD_DEFAULT_SCHEDULE", default_value = crate::controllers::DEFAULT_SCHEDULE)]
+    pub default_schedule: String,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -244,12 +257,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     {
-        // The controllers (schedules, session roll-up) run beside the
-        // admission server; only the Lease holder writes.
+        // The controllers (schedules, roll-ups, restores, standalone PVCs,
+        // auto-backup) run beside the admission server; only the Lease
+        // holder writes. Worker pods hold with the same restore-wait as
+        // injected init-containers.
+        let settings = crate::controllers::Settings {
+            inject: InjectConfig {
+                image: args.inject.image.clone(),
+                default_deadline: Duration::from_secs(args.inject.restore_deadline_seconds),
+            },
+            default_repository: args.controllers.default_repository.clone(),
+            default_schedule: args.controllers.default_schedule.clone(),
+        };
         let (client, stop) = (client.clone(), stop.clone());
         tasks.spawn(
             async move {
-                match crate::controllers::run(client, stop.cancelled_owned()).await {
+                match crate::controllers::run(client, settings, stop.cancelled_owned()).await {
                     Ok(()) => "controllers",
                     Err(e) => {
                         error!(error = %e, "controllers stopped");

@@ -4,9 +4,10 @@
 //! directory fsynced), so a crash never leaves a partial file under its name.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::{Backend, FileType, check_name};
 use crate::error::{Error, Result};
@@ -14,11 +15,74 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
     root: PathBuf,
+    packs: Arc<Mutex<OpenPacks>>,
+}
+
+/// Pack files are immutable (named by their content's hash), so a restore
+/// that reads thousands of small blobs from the same few packs keeps them
+/// open and reads each range with one `pread`, instead of open + stat +
+/// seek + read + close per blob. A few most recently used packs only.
+#[derive(Debug, Default)]
+struct OpenPacks {
+    /// Most recently used last.
+    open: Vec<(String, Arc<(File, u64)>)>,
+}
+
+const OPEN_PACKS: usize = 8;
+
+impl OpenPacks {
+    fn get(&mut self, name: &str) -> Option<Arc<(File, u64)>> {
+        let i = self.open.iter().position(|(n, _)| n == name)?;
+        let entry = self.open.remove(i);
+        let f = entry.1.clone();
+        self.open.push(entry);
+        Some(f)
+    }
+
+    fn insert(&mut self, name: &str, f: Arc<(File, u64)>) {
+        if self.open.len() >= OPEN_PACKS {
+            self.open.remove(0);
+        }
+        self.open.push((name.to_string(), f));
+    }
+
+    fn forget(&mut self, name: &str) {
+        self.open.retain(|(n, _)| n != name);
+    }
 }
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalBackend { root: root.into() }
+        LocalBackend {
+            root: root.into(),
+            packs: Arc::default(),
+        }
+    }
+
+    /// An open handle and the size of a file to read ranges from (cached
+    /// for pack files, see [`OpenPacks`]).
+    fn open_for_range(&self, t: FileType, name: &str) -> Result<Arc<(File, u64)>> {
+        let cache = t == FileType::Pack;
+        if cache
+            && let Some(f) = self
+                .packs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+        {
+            return Ok(f);
+        }
+        let path = self.path(t, name);
+        let f = File::open(&path).map_err(|e| self.map_err("open", t, name, e))?;
+        let size = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+        let f = Arc::new((f, size));
+        if cache {
+            self.packs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name, f.clone());
+        }
+        Ok(f)
     }
 
     pub fn root(&self) -> &Path {
@@ -125,20 +189,17 @@ impl Backend for LocalBackend {
 
     fn read_range(&self, t: FileType, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         check_name(t, name)?;
-        let path = self.path(t, name);
-        let mut f = File::open(&path).map_err(|e| self.map_err("open", t, name, e))?;
-        let size = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+        let file = self.open_for_range(t, name)?;
+        let (f, size) = (&file.0, file.1);
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(Error::Backend {
                 file: t.rel_path(name),
                 message: format!("range {offset}+{len} beyond end of file ({size} bytes)"),
             });
         }
-        f.seek(SeekFrom::Start(offset))
-            .map_err(|e| Error::io("seek", &path, e))?;
         let mut buf = vec![0u8; len as usize];
-        f.read_exact(&mut buf)
-            .map_err(|e| Error::io("read", &path, e))?;
+        f.read_exact_at(&mut buf, offset)
+            .map_err(|e| Error::io("read", self.path(t, name), e))?;
         Ok(buf)
     }
 
@@ -192,6 +253,12 @@ impl Backend for LocalBackend {
 
     fn remove(&self, t: FileType, name: &str) -> Result<()> {
         check_name(t, name)?;
+        if t == FileType::Pack {
+            self.packs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forget(name);
+        }
         fs::remove_file(self.path(t, name)).map_err(|e| self.map_err("remove", t, name, e))
     }
 
@@ -226,6 +293,33 @@ mod tests {
         assert!(be.write(FileType::Key, "../evil", b"x").is_err());
         be.remove(FileType::Pack, &name).unwrap();
         assert!(!be.exists(FileType::Pack, &name).unwrap());
+        // The open pack is dropped with the file: reading it now fails.
+        assert!(matches!(
+            be.read_range(FileType::Pack, &name, 0, 1),
+            Err(Error::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn ranges_of_more_packs_than_stay_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let be = LocalBackend::new(dir.path().join("repo"));
+        be.create().unwrap();
+        let names: Vec<String> = (0..OPEN_PACKS as u8 * 3)
+            .map(|i| format!("{i:02x}").repeat(32))
+            .collect();
+        for (i, n) in names.iter().enumerate() {
+            be.write(FileType::Pack, n, format!("pack number {i:03}").as_bytes())
+                .unwrap();
+        }
+        // Round-robin over three times as many packs as stay open, twice.
+        for _ in 0..2 {
+            for (i, n) in names.iter().enumerate() {
+                let got = be.read_range(FileType::Pack, n, 12, 3).unwrap();
+                assert_eq!(got, format!("{i:03}").as_bytes());
+            }
+        }
+        assert!(be.packs.lock().unwrap().open.len() <= OPEN_PACKS);
     }
 
     #[test]

@@ -28,30 +28,36 @@ use super::{Context, Error};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-const NS: &str = "demo";
+pub(super) const NS: &str = "demo";
 const BS: &str = "/apis/hoard.dev/v1beta1/namespaces/demo/backupsessions";
 const BC: &str = "/apis/hoard.dev/v1beta1/namespaces/demo/backupconfigurations";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/demo/events";
+pub(super) const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/demo/events";
 
 /// Bound on every awaited request; tokio's paused clock makes it instant
 /// when nothing is left to run.
-const STEP: Duration = Duration::from_secs(10);
+pub(super) const STEP: Duration = Duration::from_secs(10);
 
-fn now() -> Timestamp {
+pub(super) fn now() -> Timestamp {
     "2026-03-10T11:00:02Z".parse().unwrap()
 }
 
-fn late() -> Timestamp {
+pub(super) fn late() -> Timestamp {
     // An hour and a bit after the sessions below were created.
     "2026-03-10T12:00:03Z".parse().unwrap()
 }
 
-struct ApiServer(Handle);
+pub(super) struct ApiServer(pub(super) Handle);
 
 impl ApiServer {
     /// Awaits the next request, asserts its method and path (with query),
     /// and answers `status` with `body`. Returns the request's JSON body.
-    async fn expect(&mut self, method: Method, path: &str, status: u16, body: Value) -> Value {
+    pub(super) async fn expect(
+        &mut self,
+        method: Method,
+        path: &str,
+        status: u16,
+        body: Value,
+    ) -> Value {
         let (req, send) = tokio::time::timeout(STEP, self.0.next_request())
             .await
             .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
@@ -74,7 +80,7 @@ impl ApiServer {
     }
 
     /// Asserts that the client made no further request.
-    async fn done(mut self) {
+    pub(super) async fn done(mut self) {
         let next = tokio::time::timeout(STEP, self.0.next_request())
             .await
             .expect("the client was not dropped");
@@ -85,7 +91,7 @@ impl ApiServer {
 
     /// Answers an event POST (echoing it, as the API server does) and
     /// returns the event.
-    async fn event(&mut self) -> Value {
+    pub(super) async fn event(&mut self) -> Value {
         let (req, send) = tokio::time::timeout(STEP, self.0.next_request())
             .await
             .expect("timed out waiting for an event")
@@ -428,6 +434,50 @@ impl Scenario {
     }
 }
 
+/// The API server's answer to a GET of something that does not exist.
+pub(super) fn not_found(what: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("{what} not found"), "reason": "NotFound", "code": 404
+    })
+}
+
+/// A list answer.
+pub(super) fn list_of(kind: &str, items: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": format!("{kind}List"),
+        "metadata": { "resourceVersion": "300" },
+        "items": items,
+    })
+}
+
+/// Runs `reconcile` on `obj` while `scenario` plays the API server, with
+/// the clock at `clock`; the scenario ends with [`ApiServer::done`].
+pub(super) async fn verify_with<K, F, Fut, S, SFut>(
+    clock: fn() -> Timestamp,
+    obj: K,
+    reconcile: F,
+    scenario: S,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action, Error>>,
+    S: FnOnce(ApiServer) -> SFut,
+    SFut: Future<Output = ApiServer> + Send + 'static,
+{
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(Context::new(Client::new(svc, "default"), clock));
+    let play = scenario(ApiServer(handle));
+    let server = tokio::spawn(async move { play.await.done().await });
+    let result = tokio::time::timeout(STEP, reconcile(Arc::new(obj), ctx))
+        .await
+        .expect("reconcile finished");
+    server.await.expect("scenario assertions held");
+    result
+}
+
 /// Runs `reconcile` on `obj` against `scenario`, with the clock at `clock`.
 async fn verify<K, F, Fut>(
     scenario: Scenario,
@@ -614,7 +664,7 @@ async fn a_missing_crd_is_reported_plainly() {
         .await;
         api.done().await;
     });
-    let err = super::run(client, std::future::pending())
+    let err = super::run(client, super::Settings::default(), std::future::pending())
         .await
         .unwrap_err();
     server.await.unwrap();

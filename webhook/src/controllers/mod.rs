@@ -9,8 +9,20 @@
 //! the session's deadline. Session changes wake the scheduler of their
 //! configuration, which records the outcome.
 //!
+//!
+//! A `RestoreSession` ([`restore`]) makes its target produce fresh pods the
+//! webhook holds (a one-time pod-template annotation on a Deployment,
+//! StatefulSet or DaemonSet), or restores through short-lived worker pods
+//! ([`pods`]) into PVCs it creates from `volumeClaimTemplates` or into a
+//! standalone PVC; its status is rolled up by the same code as a backup
+//! session's. A `BackupSession` of a standalone PVC gets a worker pod when
+//! no pod mounts the PVC ([`standalone`]). Workloads whose pod template asks
+//! for auto-backup get an owned `BackupConfiguration` ([`auto_backup`]).
+//!
 //! Decisions are pure functions of the objects and `now` ([`plan`],
-//! [`cron`]); the reconcilers only read, call them and write.
+//! [`cron`], [`restore::plan_restore`], [`standalone::plan_pvc_workers`],
+//! [`auto_backup::plan_auto_backup`]); the reconcilers only read, call them
+//! and write.
 //!
 //! **Leader election** ([`leader`]): [`run`] takes the `hoard-controllers`
 //! Lease in the pod's namespace first; only its holder runs the controllers,
@@ -19,17 +31,21 @@
 //! single replica.
 //!
 //! Metrics ([`metrics`]) go to the default Prometheus registry; events to
-//! the objects (`kubectl describe`); both controllers watch through
+//! the objects (`kubectl describe`); the custom-resource controllers watch through
 //! `DeserializeGuard`, so one unreadable object never stalls the others.
 
+pub mod auto_backup;
 pub mod cron;
 pub mod leader;
 pub mod metrics;
 #[cfg(test)]
 mod mock;
 pub mod plan;
+pub mod pods;
+pub mod restore;
 pub mod rollup;
 pub mod schedule;
+pub mod standalone;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,7 +62,11 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use api::{BackupConfiguration, BackupSession};
+use api::{BackupConfiguration, BackupSession, RestoreSession};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::mutate::InjectConfig;
 
 /// `reportingController` of Hoard's events.
 pub const REPORTER: &str = "hoard.dev/controllers";
@@ -82,6 +102,35 @@ pub enum Error {
     LeaderElectionStopped,
 }
 
+/// What the controllers create needs from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Image and default deadline of `restore-wait` in worker pods (the
+    /// webhook's own injection settings, so both hold pods the same way).
+    pub inject: InjectConfig,
+    /// `Repository` (in the workload's namespace) that auto-backup uses when
+    /// a pod template names none with `hoard.dev/repository`.
+    pub default_repository: String,
+    /// Schedule of auto-backup when `hoard.dev/schedule` is absent.
+    pub default_schedule: String,
+}
+
+/// Repository auto-backup uses unless told otherwise.
+pub const DEFAULT_REPOSITORY: &str = "default";
+/// Auto-backup schedule unless told otherwise: daily at 02:00, the quiet
+/// hour most clusters keep for maintenance.
+pub const DEFAULT_SCHEDULE: &str = "0 2 * * *";
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            inject: InjectConfig::default(),
+            default_repository: DEFAULT_REPOSITORY.into(),
+            default_schedule: DEFAULT_SCHEDULE.into(),
+        }
+    }
+}
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
@@ -89,12 +138,21 @@ pub struct Context {
     /// The clock; tests pass a fixed one.
     pub now: fn() -> Timestamp,
     pub metrics: metrics::Metrics,
+    pub settings: Settings,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Workloads without auto-backup (and without a generated
+    /// configuration) by UID, at the generation that was checked: their
+    /// status updates need no API request.
+    pub(crate) auto_seen: Mutex<HashMap<String, i64>>,
 }
 
 impl Context {
     pub fn new(client: Client, now: fn() -> Timestamp) -> Self {
+        Self::with_settings(client, now, Settings::default())
+    }
+
+    pub fn with_settings(client: Client, now: fn() -> Timestamp, settings: Settings) -> Self {
         let reporter = Reporter {
             controller: REPORTER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -104,7 +162,9 @@ impl Context {
             client,
             now,
             metrics: metrics::Metrics::new(),
+            settings,
             failures: Mutex::new(HashMap::new()),
+            auto_seen: Mutex::new(HashMap::new()),
         }
     }
 
@@ -151,6 +211,9 @@ impl Context {
 
 /// Quiet time before a burst of watch events on one object is reconciled.
 const DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// How often the session gauges are recomputed: a scrape interval.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// First retry after a failure; doubled per consecutive failure.
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
@@ -239,6 +302,13 @@ async fn check_crds(client: &Client) -> Result<(), Error> {
             kind: "BackupSession",
             source,
         })?;
+    Api::<RestoreSession>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(|source| Error::CrdMissing {
+            kind: "RestoreSession",
+            source,
+        })?;
     Ok(())
 }
 
@@ -249,6 +319,7 @@ async fn check_crds(client: &Client) -> Result<(), Error> {
 /// lease holder and the Lease's namespace (default `hoard-system`).
 pub async fn run(
     client: Client,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
     check_crds(&client).await?;
@@ -269,7 +340,7 @@ pub async fn run(
     let manager = builder.build().await.map_err(lease_err)?;
     let (is_leader, lease_task) = manager.watch().await;
     let result = leader::lead(is_leader, shutdown, |stop| {
-        run_controllers(client.clone(), stop)
+        run_controllers(client.clone(), settings.clone(), stop)
     })
     .await;
     // `lead` dropped the receiver: the lease task releases the Lease (so a
@@ -283,15 +354,19 @@ pub async fn run(
     result
 }
 
-/// Runs the scheduler and the session roll-up until `shutdown` resolves
+/// Runs every controller until `shutdown` resolves
 /// (then in-flight reconciles finish), without leader election: for one
 /// replica only.
 pub async fn run_controllers(
     client: Client,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
     let shutdown = shutdown.shared();
-    let ctx = Arc::new(Context::new(client.clone(), Timestamp::now));
+    let mut context = Context::with_settings(client.clone(), Timestamp::now, settings);
+    // The series the admin port serves (tests keep private ones).
+    context.metrics = metrics::Metrics::global();
+    let ctx = Arc::new(context);
     let wc = watcher::Config::default();
     // Agents write each host's progress every few seconds; coalescing the
     // bursts keeps both controllers from reconciling once per write.
@@ -331,25 +406,151 @@ pub async fn run_controllers(
 
     let rollup = Controller::new(
         Api::<DeserializeGuard<BackupSession>>::all(client.clone()),
-        wc,
+        wc.clone(),
+    );
+    // Sessions by phase and the oldest running one, from the roll-up's cache.
+    let sessions = rollup.store();
+    let gauges = {
+        let (metrics, stop) = (ctx.metrics.clone(), shutdown.clone());
+        async move {
+            let tick = async {
+                loop {
+                    let all = sessions.state();
+                    metrics.observe_sessions(
+                        all.iter().filter_map(|g| g.0.as_ref().ok()),
+                        Timestamp::now(),
+                    );
+                    tokio::time::sleep(GAUGE_INTERVAL).await;
+                }
+            };
+            tokio::select! {
+                () = tick => {}
+                () = stop => {}
+            }
+        }
+    };
+    let rollup = rollup
+        .with_config(cc.clone())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |g, ctx| guarded(g, ctx, rollup::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| async move {
+            if let Ok((obj, _)) = r {
+                tracing::debug!(name = %obj.name, ns = ?obj.namespace, "session reconciled");
+            }
+        });
+
+    // Only Hoard's worker pods are watched (owned by their session).
+    let workers = watcher::Config::default().labels(&format!(
+        "{}={}",
+        api::keys::LABEL_COMPONENT,
+        pods::COMPONENT_WORKER
+    ));
+
+    let standalone = Controller::new(
+        Api::<DeserializeGuard<BackupSession>>::all(client.clone()),
+        wc.clone(),
     )
-    .with_config(cc)
-    .graceful_shutdown_on(shutdown)
+    .owns(Api::<Pod>::all(client.clone()), workers.clone())
+    .with_config(cc.clone())
+    .graceful_shutdown_on(shutdown.clone())
     .run(
-        |g, ctx| guarded(g, ctx, rollup::reconcile),
+        |g, ctx| guarded(g, ctx, standalone::reconcile),
         error_policy,
-        ctx,
+        ctx.clone(),
     )
     .for_each(|r| async move {
         if let Ok((obj, _)) = r {
-            tracing::debug!(name = %obj.name, ns = ?obj.namespace, "session reconciled");
+            tracing::debug!(name = %obj.name, ns = ?obj.namespace, "standalone PVCs reconciled");
         }
     });
 
-    info!("controllers started: backup scheduler, session roll-up");
-    tokio::join!(scheduler, rollup);
+    let restores = Controller::new(
+        Api::<DeserializeGuard<RestoreSession>>::all(client.clone()),
+        wc.clone(),
+    )
+    .owns(Api::<Pod>::all(client.clone()), workers)
+    .with_config(cc.clone())
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        |g, ctx| guarded(g, ctx, restore::reconcile),
+        error_policy,
+        ctx.clone(),
+    )
+    .for_each(|r| async move {
+        if let Ok((obj, _)) = r {
+            tracing::debug!(name = %obj.name, ns = ?obj.namespace, "restore reconciled");
+        }
+    });
+
+    let auto_deployments = auto_backup_controller::<Deployment>(
+        client.clone(),
+        ctx.clone(),
+        cc.clone(),
+        shutdown.clone(),
+    );
+    let auto_statefulsets = auto_backup_controller::<StatefulSet>(
+        client.clone(),
+        ctx.clone(),
+        cc.clone(),
+        shutdown.clone(),
+    );
+    let auto_daemonsets = auto_backup_controller::<DaemonSet>(client, ctx, cc, shutdown);
+
+    info!(
+        "controllers started: backup scheduler, session roll-up, standalone PVC backups, restores, auto-backup"
+    );
+    tokio::join!(
+        scheduler,
+        rollup,
+        gauges,
+        standalone,
+        restores,
+        auto_deployments,
+        auto_statefulsets,
+        auto_daemonsets
+    );
     info!("controllers stopped");
     Ok(())
+}
+
+/// The auto-backup controller of one workload kind. A workload's status
+/// changes all the time, its pod template only with the spec: the
+/// reconciler skips generations it already handled ([`Context::auto_seen`]).
+async fn auto_backup_controller<K>(
+    client: Client,
+    ctx: Arc<Context>,
+    cc: controller::Config,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) where
+    K: auto_backup::AutoBackupWorkload,
+{
+    Controller::new(Api::<K>::all(client), watcher::Config::default())
+        .with_config(cc)
+        .graceful_shutdown_on(shutdown)
+        .run(
+            |obj, ctx| async move {
+                let kind = K::kind(&());
+                ctx.metrics.reconciles.with_label_values(&[&kind]).inc();
+                let _timer = ctx
+                    .metrics
+                    .duration
+                    .with_label_values(&[&kind])
+                    .start_timer();
+                auto_backup::reconcile(obj, ctx).await
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|r| async move {
+            if let Ok((obj, _)) = r {
+                tracing::debug!(name = %obj.name, ns = ?obj.namespace, "auto-backup reconciled");
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ use api::keys;
 use api::phase::{format_go_duration, roll_up, session_duration};
 use api::{
     BackupConfiguration, BackupConfigurationStatus, BackupSession, BackupSessionSpec,
-    BackupSessionStatus, HostBackupStats, InvokerRef, LastSession,
+    BackupSessionStatus, HostBackupStats, HostRestoreStats, InvokerRef, LastSession,
+    RestoreSessionStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -386,15 +387,17 @@ impl TargetHosts {
 /// it, every host that has not finished is failed with a reason — those that
 /// reported and those that never did — so no session stays `Running` forever.
 /// A finished session is returned unchanged.
-pub fn roll_up_session(
-    old: &BackupSessionStatus,
+pub fn roll_up_session<S: SessionStatus>(
+    old: &S,
     targets: &[TargetHosts],
     started: Timestamp,
     timeout: Duration,
     now: Timestamp,
-) -> (BackupSessionStatus, Option<Duration>) {
+) -> (S, Option<Duration>) {
+    let old_status = old;
+    let old = old.clone().into_parts();
     if old.phase.is_some_and(Phase::is_finished) {
-        return (old.clone(), None);
+        return (old_status.clone(), None);
     }
     let total: u32 = targets.iter().map(|t| t.total).sum();
     let mut stats = old.stats.clone().unwrap_or_default();
@@ -406,10 +409,8 @@ pub fn roll_up_session(
     if timed_out {
         let limit = format_go_duration(timeout);
         for s in &mut stats {
-            if !s.phase.is_some_and(Phase::is_finished) {
-                s.phase = Some(Phase::Failed);
-                s.progress = None;
-                s.error = Some(format!(
+            if !s.phase().is_some_and(Phase::is_finished) {
+                s.fail(format!(
                     "did not finish within the session's timeOut ({limit}); check the hoard agent on the host's node (kubectl -n {} logs)",
                     keys::NAMESPACE
                 ));
@@ -419,17 +420,15 @@ pub fn roll_up_session(
             for host in &t.names {
                 if !stats
                     .iter()
-                    .any(|s| &s.hostname == host && s.target == t.target)
+                    .any(|s| s.hostname() == host && s.target() == t.target.as_ref())
                 {
-                    stats.push(HostBackupStats {
-                        hostname: host.clone(),
-                        target: t.target.clone(),
-                        phase: Some(Phase::Failed),
-                        error: Some(format!(
+                    stats.push(S::Host::never_reported(
+                        host.clone(),
+                        t.target.clone(),
+                        format!(
                             "never reported within the session's timeOut ({limit}); is the hoard agent running on the host's node?"
-                        )),
-                        ..Default::default()
-                    });
+                        ),
+                    ));
                 }
             }
         }
@@ -443,7 +442,7 @@ pub fn roll_up_session(
     }
     let mut r = roll_up(
         Some(total),
-        stats.iter().map(|s| s.phase.unwrap_or_default()),
+        stats.iter().map(|s| s.phase().unwrap_or_default()),
     );
     if timed_out && !r.phase.is_finished() {
         // Hosts whose names are unknown (DaemonSet nodes) never reported.
@@ -458,7 +457,7 @@ pub fn roll_up_session(
                 .into(),
         );
     }
-    let duration = session_duration(stats.iter().filter_map(|s| s.duration.as_deref()))
+    let duration = session_duration(stats.iter().filter_map(|s| s.duration()))
         .unwrap_or_else(|_| old.session_duration.clone().unwrap_or_default());
     let mut conditions = old.conditions.clone().unwrap_or_default();
     if r.phase.is_finished() && !conditions.iter().any(|c| c.type_ == CONDITION_COMPLETED) {
@@ -471,7 +470,7 @@ pub fn roll_up_session(
             last_transition_time: Time(now),
         });
     }
-    let status = BackupSessionStatus {
+    let status = S::from_parts(SessionParts {
         phase: Some(r.phase),
         total_hosts: Some(i32::try_from(total).unwrap_or(i32::MAX)),
         hosts_done: Some(i32::try_from(r.hosts_done).unwrap_or(i32::MAX)),
@@ -479,18 +478,15 @@ pub fn roll_up_session(
         stats: (!stats.is_empty()).then_some(stats),
         message,
         conditions: (!conditions.is_empty()).then_some(conditions),
-    };
+    });
     let requeue = (!r.phase.is_finished()).then(|| until(now, deadline));
     (status, requeue)
 }
 
 /// A session that cannot run at all (its configuration or target is
 /// missing), failed with `message` saying what to fix.
-pub fn failed_status(
-    old: &BackupSessionStatus,
-    message: String,
-    now: Timestamp,
-) -> BackupSessionStatus {
+pub fn failed_status<S: SessionStatus>(old: &S, message: String, now: Timestamp) -> S {
+    let old = old.clone().into_parts();
     let mut conditions = old.conditions.clone().unwrap_or_default();
     if !conditions.iter().any(|c| c.type_ == CONDITION_COMPLETED) {
         conditions.push(Condition {
@@ -502,13 +498,138 @@ pub fn failed_status(
             last_transition_time: Time(now),
         });
     }
-    BackupSessionStatus {
+    S::from_parts(SessionParts {
         phase: Some(Phase::Failed),
         message: Some(message),
         conditions: Some(conditions),
-        ..old.clone()
+        ..old
+    })
+}
+
+/// A host's entry in a session's `status.stats`, backup or restore: the
+/// roll-up reads and fails entries through this, so one piece of code rolls
+/// up both kinds of session.
+pub trait HostEntry: Clone {
+    fn hostname(&self) -> &str;
+    /// The batch target the entry belongs to (restores have none).
+    fn target(&self) -> Option<&TargetRef>;
+    fn phase(&self) -> Option<Phase>;
+    fn duration(&self) -> Option<&str>;
+    /// Marks the host failed with `error` (progress cleared).
+    fn fail(&mut self, error: String);
+    /// The entry of a host that never reported.
+    fn never_reported(hostname: String, target: Option<TargetRef>, error: String) -> Self;
+}
+
+impl HostEntry for HostBackupStats {
+    fn hostname(&self) -> &str {
+        &self.hostname
+    }
+    fn target(&self) -> Option<&TargetRef> {
+        self.target.as_ref()
+    }
+    fn phase(&self) -> Option<Phase> {
+        self.phase
+    }
+    fn duration(&self) -> Option<&str> {
+        self.duration.as_deref()
+    }
+    fn fail(&mut self, error: String) {
+        self.phase = Some(Phase::Failed);
+        self.progress = None;
+        self.error = Some(error);
+    }
+    fn never_reported(hostname: String, target: Option<TargetRef>, error: String) -> Self {
+        Self {
+            hostname,
+            target,
+            phase: Some(Phase::Failed),
+            error: Some(error),
+            ..Default::default()
+        }
     }
 }
+
+impl HostEntry for HostRestoreStats {
+    fn hostname(&self) -> &str {
+        &self.hostname
+    }
+    fn target(&self) -> Option<&TargetRef> {
+        None
+    }
+    fn phase(&self) -> Option<Phase> {
+        self.phase
+    }
+    fn duration(&self) -> Option<&str> {
+        self.duration.as_deref()
+    }
+    fn fail(&mut self, error: String) {
+        self.phase = Some(Phase::Failed);
+        self.progress = None;
+        self.error = Some(error);
+    }
+    fn never_reported(hostname: String, _target: Option<TargetRef>, error: String) -> Self {
+        Self {
+            hostname,
+            phase: Some(Phase::Failed),
+            error: Some(error),
+            ..Default::default()
+        }
+    }
+}
+
+/// The fields a session status shares, backup or restore (seed 001 gives
+/// both the same shape).
+#[derive(Debug, Clone, Default)]
+pub struct SessionParts<H> {
+    pub phase: Option<Phase>,
+    pub total_hosts: Option<i32>,
+    pub hosts_done: Option<i32>,
+    pub session_duration: Option<String>,
+    pub stats: Option<Vec<H>>,
+    pub message: Option<String>,
+    pub conditions: Option<Vec<Condition>>,
+}
+
+/// A session's status as [`SessionParts`]: what [`roll_up_session`] and
+/// [`failed_status`] work on.
+pub trait SessionStatus: Clone {
+    type Host: HostEntry;
+    fn into_parts(self) -> SessionParts<Self::Host>;
+    fn from_parts(p: SessionParts<Self::Host>) -> Self;
+}
+
+macro_rules! session_status {
+    ($status:ty, $host:ty) => {
+        impl SessionStatus for $status {
+            type Host = $host;
+            fn into_parts(self) -> SessionParts<$host> {
+                SessionParts {
+                    phase: self.phase,
+                    total_hosts: self.total_hosts,
+                    hosts_done: self.hosts_done,
+                    session_duration: self.session_duration,
+                    stats: self.stats,
+                    message: self.message,
+                    conditions: self.conditions,
+                }
+            }
+            fn from_parts(p: SessionParts<$host>) -> Self {
+                Self {
+                    phase: p.phase,
+                    total_hosts: p.total_hosts,
+                    hosts_done: p.hosts_done,
+                    session_duration: p.session_duration,
+                    stats: p.stats,
+                    message: p.message,
+                    conditions: p.conditions,
+                }
+            }
+        }
+    };
+}
+session_status!(BackupSessionStatus, HostBackupStats);
+session_status!(RestoreSessionStatus, HostRestoreStats);
 
 #[cfg(test)]
 mod tests {

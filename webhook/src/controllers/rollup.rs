@@ -16,9 +16,11 @@ use tracing::info;
 use api::common::{Phase, TargetRef};
 use api::host::WorkloadKind;
 use api::keys::FIELD_MANAGER;
-use api::{BackupConfiguration, BackupSession, BackupSessionStatus};
+use api::{BackupConfiguration, BackupSession};
 
-use super::plan::{Notice, TargetHosts, Workload, failed_status, roll_up_session};
+use super::plan::{
+    HostEntry, Notice, SessionStatus, TargetHosts, Workload, failed_status, roll_up_session,
+};
 use super::{Context, Error};
 
 /// The hosts of each target, or (inner `Err`) why the session cannot run,
@@ -128,7 +130,7 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
         Api::<BackupSession>::namespaced(ctx.client.clone(), &ns)
             .patch_status(&name, &pp, &Patch::Merge(&body))
             .await?;
-        if let Some(notice) = finished_notice(&old, &status) {
+        if let Some(notice) = finished_notice(&BACKUP, &old, &status) {
             info!(%ns, session = %name, reason = notice.reason, "backup session finished");
             ctx.publish(session.as_ref(), &notice).await;
         }
@@ -137,8 +139,29 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
-/// The event for a session that just finished.
-fn finished_notice(old: &BackupSessionStatus, new: &BackupSessionStatus) -> Option<Notice> {
+/// Event reasons of one kind of session.
+pub(super) struct Reasons {
+    pub succeeded: &'static str,
+    pub failed: &'static str,
+    pub skipped: &'static str,
+    /// "backed up", "restored"
+    pub verb: &'static str,
+}
+
+pub(super) const BACKUP: Reasons = Reasons {
+    succeeded: "BackupSucceeded",
+    failed: "BackupFailed",
+    skipped: "BackupSkipped",
+    verb: "backed up",
+};
+
+/// The event for a session (backup or restore) that just finished.
+pub(super) fn finished_notice<S: SessionStatus>(
+    reasons: &Reasons,
+    old: &S,
+    new: &S,
+) -> Option<Notice> {
+    let (old, new) = (old.clone().into_parts(), new.clone().into_parts());
     let phase = new.phase?;
     if !phase.is_finished() || old.phase == Some(phase) {
         return None;
@@ -148,15 +171,16 @@ fn finished_notice(old: &BackupSessionStatus, new: &BackupSessionStatus) -> Opti
     let (warning, reason, note) = match phase {
         Phase::Succeeded => (
             false,
-            "BackupSucceeded",
+            reasons.succeeded,
             format!(
-                "all {total} hosts backed up in {}",
+                "all {total} hosts {} in {}",
+                reasons.verb,
                 new.session_duration.as_deref().unwrap_or("0s")
             ),
         ),
         Phase::Skipped => (
             true,
-            "BackupSkipped",
+            reasons.skipped,
             new.message.clone().unwrap_or_default(),
         ),
         _ => {
@@ -164,8 +188,8 @@ fn finished_notice(old: &BackupSessionStatus, new: &BackupSessionStatus) -> Opti
                 .stats
                 .iter()
                 .flatten()
-                .filter(|s| s.phase == Some(Phase::Failed))
-                .map(|s| s.hostname.as_str())
+                .filter(|s| s.phase() == Some(Phase::Failed))
+                .map(|s| s.hostname())
                 .collect();
             let note = match &new.message {
                 Some(m) if failed.is_empty() => m.clone(),
@@ -175,7 +199,7 @@ fn finished_notice(old: &BackupSessionStatus, new: &BackupSessionStatus) -> Opti
                     failed.join(", ")
                 ),
             };
-            (true, "BackupFailed", note)
+            (true, reasons.failed, note)
         }
     };
     Some(Notice {

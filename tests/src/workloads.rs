@@ -1,0 +1,231 @@
+//! The objects the scenarios create, as a user would write them.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
+use serde_json::{Value, json};
+
+use crate::env::TEST_NODE_LABEL;
+use crate::{REPO_NAME, TestCtx};
+
+/// Name and mount path of the data volume of every test workload.
+pub const DATA_VOLUME: &str = "data";
+pub const DATA_PATH: &str = "/data";
+
+/// Scheduler name of the suite's pods when it plays the scheduler: a
+/// cluster's own scheduler leaves them alone.
+pub const SCHEDULER: &str = "hoard-e2e";
+
+/// A pod template with one emptyDir `data` volume at `/data`, on the test
+/// nodes only, tolerating every taint (fake nodes are tainted so that no
+/// other pod lands on them, and may be marked not-ready between heartbeats).
+pub fn pod_template(t: &TestCtx, app: &str, annotations: Value) -> Value {
+    let mut tpl = json!({
+        "metadata": { "labels": { "app": app }, "annotations": annotations },
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "tolerations": [{ "operator": "Exists" }],
+            "containers": [{
+                "name": "app",
+                "image": "docker.io/library/busybox:1.37",
+                "command": ["sh", "-c", "sleep 3600"],
+                "volumeMounts": [{ "name": DATA_VOLUME, "mountPath": DATA_PATH }],
+            }],
+            "volumes": [{ "name": DATA_VOLUME, "emptyDir": {} }],
+            "nodeSelector": { TEST_NODE_LABEL: "true" },
+        },
+    });
+    if t.env.fake_kubelet {
+        tpl["spec"]["schedulerName"] = json!(SCHEDULER);
+    }
+    tpl
+}
+
+pub fn statefulset(t: &TestCtx, name: &str, replicas: i32) -> anyhow::Result<StatefulSet> {
+    Ok(serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "serviceName": name,
+            "replicas": replicas,
+            // Parallel: the pods do not wait for each other, only for their data.
+            "podManagementPolicy": "Parallel",
+            "selector": { "matchLabels": { "app": name } },
+            "template": pod_template(t, name, json!({})),
+        },
+    }))?)
+}
+
+pub fn deployment(
+    t: &TestCtx,
+    name: &str,
+    replicas: i32,
+    annotations: Value,
+) -> anyhow::Result<Deployment> {
+    Ok(serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": pod_template(t, name, annotations),
+        },
+    }))?)
+}
+
+/// A DaemonSet on the test nodes only.
+pub fn daemonset(t: &TestCtx, name: &str) -> anyhow::Result<DaemonSet> {
+    let tpl = pod_template(t, name, json!({}));
+    Ok(serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "selector": { "matchLabels": { "app": name } },
+            "template": tpl,
+        },
+    }))?)
+}
+
+/// A configuration backing up `/data` of workload `kind/name` into the
+/// test's repository.
+pub fn backup_configuration(
+    name: &str,
+    kind: &str,
+    target: &str,
+    schedule: Option<&str>,
+    extra: Value,
+) -> anyhow::Result<api::BackupConfiguration> {
+    let mut spec = json!({
+        "repository": { "name": REPO_NAME },
+        "target": {
+            "ref": { "apiVersion": "apps/v1", "kind": kind, "name": target },
+            "volumeMounts": [{ "name": DATA_VOLUME, "mountPath": DATA_PATH }],
+            "paths": [DATA_PATH],
+        },
+    });
+    if let Some(s) = schedule {
+        spec["schedule"] = json!(s);
+    }
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "hoard.dev/v1beta1",
+        "kind": "BackupConfiguration",
+        "metadata": { "name": name },
+        "spec": spec,
+    }))?)
+}
+
+/// An instant backup: a session a user creates for configuration `config`.
+pub fn backup_session(config: &str) -> anyhow::Result<api::BackupSession> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "hoard.dev/v1beta1",
+        "kind": "BackupSession",
+        "metadata": {
+            "generateName": format!("{config}-"),
+            "labels": { api::keys::LABEL_BACKUP_CONFIGURATION: config },
+        },
+        "spec": { "invoker": {
+            "apiGroup": "hoard.dev", "kind": "BackupConfiguration", "name": config,
+        } },
+    }))?)
+}
+
+/// What the webhook would do to a pod of `kind/name`: a server-side dry-run
+/// create of such a pod (no side effects), returning the mutated pod.
+pub async fn probe_pod(t: &TestCtx, kind: &str, name: &str) -> anyhow::Result<Pod> {
+    let node = t
+        .env
+        .nodes
+        .first()
+        .map(|n| n.name.clone())
+        .unwrap_or_default();
+    let (pod_name, owner_kind, owner_name, labels) = match kind {
+        "StatefulSet" => (
+            format!("{name}-0"),
+            "StatefulSet".to_string(),
+            name.to_string(),
+            json!({ "app": name, api::keys::POD_INDEX_LABEL: "0",
+                    api::keys::STATEFULSET_POD_NAME_LABEL: format!("{name}-0") }),
+        ),
+        "Deployment" => (
+            format!("{name}-5d8f9c7b6-probe"),
+            "ReplicaSet".to_string(),
+            format!("{name}-5d8f9c7b6"),
+            json!({ "app": name, "pod-template-hash": "5d8f9c7b6" }),
+        ),
+        _ => (
+            format!("{name}-probe"),
+            kind.to_string(),
+            name.to_string(),
+            json!({ "app": name }),
+        ),
+    };
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name,
+            "labels": labels,
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": owner_kind, "name": owner_name,
+                "uid": "00000000-0000-0000-0000-000000000000", "controller": true,
+            }],
+        },
+        "spec": pod_template(t, name, json!({}))["spec"].clone(),
+    });
+    pod["spec"]["nodeName"] = json!(node);
+    let pod: Pod = serde_json::from_value(pod)?;
+    let pp = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    t.api::<Pod>()
+        .create(&pp, &pod)
+        .await
+        .context("dry-run create of a probe pod")
+}
+
+/// Waits until the webhook's caches know what the test just created: a
+/// dry-run pod of `kind/name` comes back the way `ok` wants. The webhook
+/// learns of configurations and sessions through watches, so a pod created
+/// right after them could be admitted before; this awaits that, polling the
+/// dry run (which has no side effects) a few times a second.
+pub async fn await_webhook<F>(
+    t: &TestCtx,
+    kind: &str,
+    name: &str,
+    what: &str,
+    ok: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(&Pod) -> bool,
+{
+    let limit = Duration::from_secs(30);
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let last = match probe_pod(t, kind, name).await {
+            Ok(pod) if ok(&pod) => return Ok(()),
+            Ok(pod) => format!("the last dry-run pod: {:?}", pod.metadata),
+            // e.g. the namespace's default ServiceAccount not created yet
+            Err(e) => format!("the last dry run failed: {e:#}"),
+        };
+        anyhow::ensure!(
+            start.elapsed() < limit,
+            "the webhook ({}) did not {what} within {limit:?}; {last}",
+            t.env.webhook_url,
+        );
+    }
+}
+
+/// The pod's `hoard.dev/host` annotation.
+pub fn host_of(p: &Pod) -> Option<&str> {
+    p.metadata
+        .annotations
+        .as_ref()?
+        .get(api::keys::ANNOTATION_HOST)
+        .map(String::as_str)
+}
