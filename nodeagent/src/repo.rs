@@ -156,6 +156,8 @@ pub struct RepoAccess {
     /// This node (for messages).
     pub node: String,
     creds: Credentials,
+    /// `CA_CERT_DATA`: PEM bundle trusted for the store's TLS (S3 only).
+    ca_cert: Option<String>,
     password: String,
 }
 
@@ -192,8 +194,15 @@ impl RepoAccess {
             secret: Default::default(),
             node: String::new(),
             creds,
+            ca_cert: None,
             password,
         }
+    }
+
+    /// Trusts `pem` (a certificate bundle) for the store's TLS connections.
+    pub fn with_ca_cert(mut self, pem: Option<String>) -> Self {
+        self.ca_cert = pem;
+        self
     }
 
     /// Opens the repository (blocking: key derivation, index load, and for
@@ -201,17 +210,20 @@ impl RepoAccess {
     /// `spawn_blocking`, never from an async task).
     pub fn open(&self) -> Result<Arc<engine::Repository>, RepoError> {
         let location = self.location.display();
-        let backend = engine::backend::location::open_backend(&self.location, &self.creds)
-            .map_err(|e| RepoError::BackendConfig {
-                name: self.name.clone(),
-                location: location.clone(),
-                namespace: self.secret.0.clone(),
-                secret: self.secret.1.clone(),
-                message: match e {
-                    engine::Error::Backend { message, .. } => message,
-                    e => e.to_string(),
-                },
-            })?;
+        let backend = match (&self.location, &self.ca_cert) {
+            (Location::Object(c), Some(pem)) => s3_with_ca(c, &self.creds, pem),
+            _ => engine::backend::location::open_backend(&self.location, &self.creds),
+        }
+        .map_err(|e| RepoError::BackendConfig {
+            name: self.name.clone(),
+            location: location.clone(),
+            namespace: self.secret.0.clone(),
+            secret: self.secret.1.clone(),
+            message: match e {
+                engine::Error::Backend { message, .. } => message,
+                e => e.to_string(),
+            },
+        })?;
         engine::Repository::open(backend, &self.password)
             .map(Arc::new)
             .map_err(|source| match source {
@@ -495,11 +507,12 @@ fn check_supported(
         backend: backend.to_string(),
         what,
     };
-    if secret_value(s, CA_CERT_KEY).is_some() {
+    let s3 = matches!(location, Location::Object(c) if c.kind == ObjectStoreKind::S3);
+    if secret_value(s, CA_CERT_KEY).is_some() && !s3 {
         return Err(unsupported(
             &location_kind(location),
             format!(
-                "{CA_CERT_KEY} (a private certificate authority) is not supported yet; serve the store with a certificate from a public CA, or reach it over plain http inside the cluster, and remove {CA_CERT_KEY} from the Secret"
+                "{CA_CERT_KEY} (a private certificate authority) is supported for s3 repositories only; serve this store with a certificate from a public CA, or reach it over plain http inside the cluster, and remove {CA_CERT_KEY} from the Secret"
             ),
         ));
     }
@@ -516,6 +529,104 @@ fn check_supported(
         ));
     }
     Ok(())
+}
+
+/// An S3 repository whose endpoint presents a certificate from a private
+/// CA (`CA_CERT_DATA`, e.g. an in-cluster MinIO): the same client the
+/// engine builds for `s3:` (path-style for custom endpoints, the same
+/// timeouts and retry numbers), with the bundle added to the trusted roots,
+/// wrapped in the engine's [`engine::backend::object::ObjectBackend`]
+/// (upload verification, restic's layout).
+pub fn s3_with_ca(
+    c: &ObjectStoreConfig,
+    creds: &Credentials,
+    pem: &str,
+) -> engine::Result<Arc<dyn engine::Backend>> {
+    use object_store::aws::AmazonS3Builder;
+    use object_store::{BackoffConfig, Certificate, ClientOptions, RetryConfig};
+    use std::time::Duration;
+    let location = c.display();
+    let bad = |message: String| engine::Error::Backend {
+        file: location.clone(),
+        message,
+    };
+    let certs = Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| {
+        bad(format!(
+            "{CA_CERT_KEY} is not a PEM certificate bundle: {e}"
+        ))
+    })?;
+    if certs.is_empty() {
+        return Err(bad(format!("{CA_CERT_KEY} holds no PEM certificate")));
+    }
+    let http = c
+        .endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"));
+    let mut opts = ClientOptions::new()
+        .with_allow_http(http)
+        .with_connect_timeout(Duration::from_secs(10))
+        .with_timeout(Duration::from_secs(300));
+    for cert in certs {
+        opts = opts.with_root_certificate(cert);
+    }
+    // engine::backend::retry::RetryPolicy::default(), as object_store takes it
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(15),
+            base: 3.0,
+        },
+        max_retries: 10,
+        retry_timeout: Duration::from_secs(180),
+    };
+    let key_id = creds.get("AWS_ACCESS_KEY_ID");
+    let secret = creds.get("AWS_SECRET_ACCESS_KEY");
+    let region = c
+        .region
+        .clone()
+        .or_else(|| creds.get("AWS_DEFAULT_REGION").map(String::from))
+        .or_else(|| creds.get("AWS_REGION").map(String::from))
+        .unwrap_or_else(|| "us-east-1".into());
+    let mut b = if key_id.is_some() {
+        AmazonS3Builder::new()
+    } else {
+        AmazonS3Builder::from_env()
+    };
+    b = b
+        .with_bucket_name(&c.bucket)
+        .with_region(region)
+        .with_retry(retry)
+        .with_client_options(opts);
+    if let Some(ep) = &c.endpoint {
+        b = b
+            .with_endpoint(ep)
+            .with_virtual_hosted_style_request(false)
+            .with_allow_http(http);
+    }
+    match (key_id, secret) {
+        (Some(k), Some(sec)) => {
+            b = b.with_access_key_id(k).with_secret_access_key(sec);
+            if let Some(t) = creds.get("AWS_SESSION_TOKEN") {
+                b = b.with_token(t);
+            }
+        }
+        (None, None) => {}
+        _ => {
+            return Err(bad(
+                "only one of AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY is set; set both".into(),
+            ));
+        }
+    }
+    let store = b
+        .build()
+        .map_err(|e| bad(format!("configuring the S3 client: {e}")))?;
+    Ok(Arc::new(
+        engine::backend::object::ObjectBackend::from_store(
+            Arc::new(store),
+            &c.prefix,
+            location.clone(),
+        )?,
+    ))
 }
 
 fn location_kind(l: &Location) -> String {
@@ -579,7 +690,8 @@ pub async fn access(
         creds.insert("RESTIC_REST_PASSWORD", pw);
     }
     check_supported(&name, &location, &s, &creds)?;
-    let mut a = RepoAccess::with_location(name, location, creds, password);
+    let mut a = RepoAccess::with_location(name, location, creds, password)
+        .with_ca_cert(secret_value(&s, CA_CERT_KEY));
     a.secret = (agent_namespace.to_string(), secret);
     Ok(a)
 }
@@ -875,11 +987,27 @@ mod tests {
 
     #[test]
     fn unsupported_secrets_are_refused_before_any_request() {
-        let loc = object(s3("minio.example.com", None, None));
         let s = secret(&[("RESTIC_PASSWORD", "pw"), ("CA_CERT_DATA", "-----BEGIN")]);
+        let loc = object(s3("minio.example.com", None, None));
+        assert!(
+            check_supported(
+                "r",
+                &Location::Object(loc),
+                &s,
+                &credentials_from_secret(&s)
+            )
+            .is_ok()
+        );
+        let gcs = object(api::Backend {
+            gcs: Some(api::BucketBackend {
+                bucket: "g".into(),
+                prefix: None,
+            }),
+            ..Default::default()
+        });
         let e = check_supported(
             "r",
-            &Location::Object(loc),
+            &Location::Object(gcs),
             &s,
             &credentials_from_secret(&s),
         )

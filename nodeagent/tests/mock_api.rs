@@ -1477,3 +1477,134 @@ async fn batch_targets_sharing_host_0_are_both_backed_up() {
     targets.sort();
     assert_eq!(targets, ["target=Deployment/a", "target=Deployment/b"]);
 }
+
+/// An S3 store whose certificate comes from a private CA (an in-cluster
+/// MinIO, here moto over HTTPS): with the CA in the Secret's CA_CERT_DATA
+/// the agent backs up into it, and restic (told the same CA) reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_into_s3_behind_a_private_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let t = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // distinct names: OpenSSL (curl, restic's Go TLS is fine either way)
+    // calls a leaf whose issuer equals its subject self-signed
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "hoard test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (ca_pem, cert_file, key_file, ca_file) = (
+        ca_cert.pem(),
+        t.path().join("tls.crt"),
+        t.path().join("tls.key"),
+        t.path().join("ca.crt"),
+    );
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+
+    let moto = moto::start_tls(&cert_file, &key_file);
+    moto::create_bucket_tls(moto.port, &ca_file, "private");
+    let endpoint = format!("https://127.0.0.1:{}", moto.port);
+    let restic_repo = format!("s3:{endpoint}/private/demo");
+    let mut creds = engine::backend::location::Credentials::default();
+    creds.insert("AWS_ACCESS_KEY_ID", "testing");
+    creds.insert("AWS_SECRET_ACCESS_KEY", "testing");
+    let cfg_s3 = engine::backend::location::ObjectStoreConfig {
+        kind: engine::backend::location::ObjectStoreKind::S3,
+        bucket: "private".into(),
+        prefix: "demo".into(),
+        endpoint: Some(endpoint.clone()),
+        region: None,
+    };
+    let pem = ca_pem.clone();
+    tokio::task::spawn_blocking(move || {
+        let backend = nodeagent::repo::s3_with_ca(&cfg_s3, &creds, &pem).unwrap();
+        Repository::init(
+            backend,
+            PASSWORD,
+            InitOptions {
+                kdf: KdfParams::insecure_fast(),
+                chunker_polynomial: None,
+            },
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+
+    let kroot = t.path().join("kubelet");
+    let data = kroot.join("pods/uid-0/volumes/kubernetes.io~empty-dir/data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a"), "behind a private CA").unwrap();
+    let mut cfg = config();
+    cfg["spec"]["repository"]["name"] = json!("minio-repo");
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: cfg,
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        session: session.clone(),
+        rv: 1,
+        repository: json!({
+            "apiVersion": "hoard.dev/v1beta1", "kind": "Repository",
+            "metadata": {"name": "minio-repo", "namespace": "demo"},
+            "spec": {"backend": {"storageSecretName": "repo-secret",
+                "s3": {"endpoint": endpoint, "bucket": "private", "prefix": "demo"}}}
+        }),
+        secret: repo_secret(&[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("CA_CERT_DATA", &ca_pem),
+        ]),
+        ..Default::default()
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        Kubelet::new(&kroot),
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("the agent finished the host within the deadline")
+        .unwrap();
+    {
+        let w = world.lock().unwrap();
+        let h0 = &w.session["status"]["stats"][0];
+        assert_eq!(h0["phase"], "Succeeded", "{h0}");
+    }
+    let ca_arg = ca_file.display().to_string();
+    let a = tokio::task::spawn_blocking(move || {
+        moto::restic(
+            &restic_repo,
+            PASSWORD,
+            &["--cacert", &ca_arg, "dump", "latest", "/source/data/a"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(a, b"behind a private CA");
+}

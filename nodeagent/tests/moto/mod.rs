@@ -38,6 +38,20 @@ fn moto_bin() -> PathBuf {
 
 /// Starts moto and waits (bounded) until it accepts connections.
 pub fn start() -> Moto {
+    start_with(&[])
+}
+
+/// Starts moto serving HTTPS with `cert`/`key` (PEM files).
+pub fn start_tls(cert: &Path, key: &Path) -> Moto {
+    start_with(&[
+        "-c".as_ref(),
+        cert.as_os_str(),
+        "-k".as_ref(),
+        key.as_os_str(),
+    ])
+}
+
+fn start_with(extra: &[&std::ffi::OsStr]) -> Moto {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -45,6 +59,7 @@ pub fn start() -> Moto {
         .port();
     let child = Command::new(moto_bin())
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -76,6 +91,21 @@ impl Moto {
         s.read_to_string(&mut resp).unwrap();
         assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
     }
+}
+
+/// Creates a bucket over HTTPS trusting `ca` (curl; moto accepts unsigned PUTs).
+pub fn create_bucket_tls(port: u16, ca: &Path, bucket: &str) {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "-X", "PUT", "--cacert"])
+        .arg(ca)
+        .arg(format!("https://127.0.0.1:{port}/{bucket}"))
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "create bucket over TLS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs the real restic against `repo` with moto's test credentials.
