@@ -16,7 +16,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use engine::backend::location::{Credentials, open_repo_string};
 use engine::backup::{BackupOptions, CancelToken, ParentSelection};
+use engine::forget::{GroupBy, GroupKey, GroupPlan, KeepDuration, RetentionPolicy, plan_forget};
 use engine::progress::{Progress, ProgressSnapshot};
+use engine::prune::{PruneEvent, PruneOptions, PruneStats};
 use engine::restore::RestoreOptions;
 use engine::tree::{NodeType, Tree};
 use engine::{Backend, BlobType, Id, InitOptions, KdfParams, Repository, SnapshotFilter};
@@ -74,6 +76,10 @@ pub enum Command {
     Snapshots(FilterArgs),
     /// List the files in a snapshot.
     Ls(LsArgs),
+    /// Remove snapshots by a retention policy (restic's flags), optionally pruning.
+    Forget(ForgetArgs),
+    /// Remove data no snapshot references.
+    Prune(PruneArgs),
     /// Manage repository keys (passwords).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -273,6 +279,8 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Snapshots(f) => cmd_snapshots(cli, &open(cli, backend()?)?, f),
         Command::Ls(a) => cmd_ls(cli, &open(cli, backend()?)?, a),
         Command::Key(k) => cmd_key(cli, &open(cli, backend()?)?, k),
+        Command::Forget(a) => cmd_forget(cli, &open(cli, backend()?)?, a),
+        Command::Prune(a) => cmd_prune(cli, &open(cli, backend()?)?, a),
         // The agent reads its repositories from the cluster, not from --repo.
         // A fatal error is already logged and in the termination log, so it
         // only becomes the exit code here (not a second copy on stderr).
@@ -755,4 +763,423 @@ fn cmd_key(cli: &Cli, repo: &Repository, k: &KeyCommand) -> Result<i32> {
         }
     }
     Ok(EXIT_OK)
+}
+
+// ---- forget and prune ----
+
+#[derive(Args, Debug, Clone)]
+pub struct PruneFlags {
+    /// Tolerated unused space after pruning: "5%" of the used data (the
+    /// default), or "unlimited" to only delete packs nothing uses.
+    #[arg(long = "max-unused", default_value = "5%", value_parser = parse_max_unused)]
+    pub max_unused: f64,
+    /// Also merge small packs (left by many small backups) into larger ones.
+    #[arg(long = "repack-small")]
+    pub repack_small: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Only show what would be removed and repacked.
+    #[arg(short = 'n', long = "dry-run")]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub flags: PruneFlags,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to remove by id (in addition to what a policy removes).
+    pub snapshots: Vec<String>,
+    /// Keep the last N snapshots.
+    #[arg(short = 'l', long = "keep-last", value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the last N hourly snapshots.
+    #[arg(
+        short = 'H',
+        long = "keep-hourly",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub keep_hourly: u32,
+    /// Keep the last N daily snapshots.
+    #[arg(
+        short = 'd',
+        long = "keep-daily",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub keep_daily: u32,
+    /// Keep the last N weekly snapshots.
+    #[arg(
+        short = 'w',
+        long = "keep-weekly",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub keep_weekly: u32,
+    /// Keep the last N monthly snapshots.
+    #[arg(
+        short = 'm',
+        long = "keep-monthly",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub keep_monthly: u32,
+    /// Keep the last N yearly snapshots.
+    #[arg(
+        short = 'y',
+        long = "keep-yearly",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub keep_yearly: u32,
+    /// Keep snapshots newer than the newest one minus this (e.g. 1y5m7d2h).
+    #[arg(long = "keep-within", value_name = "DURATION")]
+    pub keep_within: Option<KeepDuration>,
+    /// Keep hourly snapshots within this duration of the newest.
+    #[arg(long = "keep-within-hourly", value_name = "DURATION")]
+    pub keep_within_hourly: Option<KeepDuration>,
+    /// Keep daily snapshots within this duration of the newest.
+    #[arg(long = "keep-within-daily", value_name = "DURATION")]
+    pub keep_within_daily: Option<KeepDuration>,
+    /// Keep weekly snapshots within this duration of the newest.
+    #[arg(long = "keep-within-weekly", value_name = "DURATION")]
+    pub keep_within_weekly: Option<KeepDuration>,
+    /// Keep monthly snapshots within this duration of the newest.
+    #[arg(long = "keep-within-monthly", value_name = "DURATION")]
+    pub keep_within_monthly: Option<KeepDuration>,
+    /// Keep yearly snapshots within this duration of the newest.
+    #[arg(long = "keep-within-yearly", value_name = "DURATION")]
+    pub keep_within_yearly: Option<KeepDuration>,
+    /// Keep snapshots with these tags ("a,b" = both; repeat for either).
+    #[arg(long = "keep-tag", value_name = "TAGS")]
+    pub keep_tag: Vec<String>,
+    /// Only consider snapshots of this host (repeatable).
+    #[arg(long = "host")]
+    pub host: Vec<String>,
+    /// Only consider snapshots with these tags ("a,b" = both; repeat for either).
+    #[arg(long = "tag")]
+    pub tag: Vec<String>,
+    /// Only consider snapshots that include this path (repeatable: all of them).
+    #[arg(long = "path")]
+    pub path: Vec<String>,
+    /// Group snapshots by these fields before applying the policy
+    /// (host, paths, tags, comma-separated; '' for one group).
+    #[arg(short = 'g', long = "group-by", default_value = "host,paths")]
+    pub group_by: GroupBy,
+    /// Only show what would be removed, and why each kept snapshot stays.
+    #[arg(short = 'n', long = "dry-run")]
+    pub dry_run: bool,
+    /// Prune afterwards (remove the data of the removed snapshots).
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub prune_flags: PruneFlags,
+}
+
+/// `5%`, `5` (percent), `unlimited`.
+fn parse_max_unused(s: &str) -> std::result::Result<f64, String> {
+    let t = s.trim();
+    if t == "unlimited" {
+        return Ok(100.0);
+    }
+    let num = t.strip_suffix('%').unwrap_or(t).trim();
+    match num.parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "invalid --max-unused {s:?}: give a percentage from 0% to 100% of the used data, or \"unlimited\""
+        )),
+    }
+}
+
+impl ForgetArgs {
+    fn policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within,
+            keep_within_hourly: self.keep_within_hourly,
+            keep_within_daily: self.keep_within_daily,
+            keep_within_weekly: self.keep_within_weekly,
+            keep_within_monthly: self.keep_within_monthly,
+            keep_within_yearly: self.keep_within_yearly,
+            keep_tags: self.keep_tag.clone(),
+        }
+    }
+}
+
+fn group_title(k: &GroupKey, by: GroupBy) -> String {
+    let mut parts = Vec::new();
+    if by.host {
+        parts.push(format!("host [{}]", k.hostname));
+    }
+    if by.paths {
+        parts.push(format!("paths [{}]", k.paths.join(", ")));
+    }
+    if by.tags {
+        parts.push(format!("tags [{}]", k.tags.join(", ")));
+    }
+    if parts.is_empty() {
+        "all snapshots".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn snapshot_json(id: &Id, s: &engine::Snapshot) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(s)?;
+    v["id"] = id.to_hex().into();
+    v["short_id"] = id.short().into();
+    Ok(v)
+}
+
+fn cmd_forget(cli: &Cli, repo: &Repository, a: &ForgetArgs) -> Result<i32> {
+    let policy = a.policy();
+    if policy.is_empty() && a.snapshots.is_empty() {
+        bail!(
+            "no policy given: nothing would be removed; use --keep-last N, --keep-daily N, ... (see `hoard forget --help`) or name snapshots to remove"
+        );
+    }
+    let filter = SnapshotFilter {
+        hosts: a.host.clone(),
+        tags: a.tag.clone(),
+        paths: a.path.clone(),
+    };
+    let all = repo.find_snapshots(&filter)?;
+    let by_id: std::collections::HashMap<Id, &engine::Snapshot> =
+        all.iter().map(|(id, s)| (*id, s)).collect();
+    let mut plans = Vec::new();
+    if !a.snapshots.is_empty() {
+        let mut remove = Vec::new();
+        for q in &a.snapshots {
+            remove.push(repo.find_snapshot(q, &filter)?.0);
+        }
+        plans.push(GroupPlan {
+            key: GroupKey::default(),
+            keep: vec![],
+            remove,
+        });
+    }
+    if !policy.is_empty() {
+        plans.extend(plan_forget(&all, &policy, a.group_by));
+    }
+
+    if cli.json {
+        let groups: Vec<serde_json::Value> = plans
+            .iter()
+            .map(|p| {
+                let snap = |id: &Id| -> Result<serde_json::Value> {
+                    match by_id.get(id) {
+                        Some(s) => snapshot_json(id, s),
+                        None => {
+                            Ok(serde_json::json!({ "id": id.to_hex(), "short_id": id.short() }))
+                        }
+                    }
+                };
+                Ok(serde_json::json!({
+                    "host": p.key.hostname,
+                    "paths": p.key.paths,
+                    "tags": p.key.tags,
+                    "keep": p.keep.iter().map(|k| snap(&k.id)).collect::<Result<Vec<_>>>()?,
+                    "remove": p.remove.iter().map(snap).collect::<Result<Vec<_>>>()?,
+                    "reasons": p.keep.iter().map(|k| Ok(serde_json::json!({
+                        "snapshot": snap(&k.id)?,
+                        "matches": k.reasons,
+                    }))).collect::<Result<Vec<_>>>()?,
+                }))
+            })
+            .collect::<Result<_>>()?;
+        if a.dry_run || !a.prune {
+            print_json(&groups)?;
+        }
+    } else {
+        for p in &plans {
+            if p.keep.is_empty() && p.remove.is_empty() {
+                continue;
+            }
+            if p.keep.is_empty() && p.key == GroupKey::default() && !a.snapshots.is_empty() {
+                println!("snapshots named on the command line:");
+            } else {
+                println!("snapshots for {}:", group_title(&p.key, a.group_by));
+            }
+            if !p.keep.is_empty() {
+                println!("keep {} snapshots:", p.keep.len());
+                println!(
+                    "{:<8}  {:<19}  {:<16}  {:<16}  Reasons",
+                    "ID", "Time", "Host", "Tags"
+                );
+                for k in &p.keep {
+                    let s = by_id.get(&k.id);
+                    println!(
+                        "{:<8}  {:<19}  {:<16}  {:<16}  {}",
+                        k.id.short(),
+                        k.time
+                            .with_timezone(&chrono::Local)
+                            .format("%Y-%m-%d %H:%M:%S"),
+                        s.map(|s| s.hostname.as_str()).unwrap_or(""),
+                        s.map(|s| s.tags.join(",")).unwrap_or_default(),
+                        k.reasons.join(", ")
+                    );
+                }
+            }
+            if !p.remove.is_empty() {
+                println!("remove {} snapshots:", p.remove.len());
+                for id in &p.remove {
+                    let s = by_id.get(id);
+                    println!(
+                        "{:<8}  {:<19}  {:<16}  {}",
+                        id.short(),
+                        s.map(|s| s
+                            .time
+                            .with_timezone(&chrono::Local)
+                            .format("%Y-%m-%d %H:%M:%S")
+                            .to_string())
+                            .unwrap_or_default(),
+                        s.map(|s| s.hostname.as_str()).unwrap_or(""),
+                        s.map(|s| s.paths.join(",")).unwrap_or_default(),
+                    );
+                }
+            }
+            println!();
+        }
+    }
+    let to_remove: usize = plans.iter().map(|p| p.remove.len()).sum();
+    if a.dry_run {
+        if !cli.json {
+            println!("would remove {to_remove} snapshots (dry run: nothing was changed)");
+        }
+        if a.prune {
+            return run_prune(cli, repo, true, &a.prune_flags);
+        }
+        return Ok(EXIT_OK);
+    }
+    let st = engine::forget::forget(repo, &plans)
+        .context("forget needs the repository to itself (no prune or other forget may run)")?;
+    if !cli.json {
+        println!("removed {} snapshots", st.removed);
+    }
+    if a.prune {
+        return run_prune(cli, repo, false, &a.prune_flags);
+    }
+    Ok(EXIT_OK)
+}
+
+fn cmd_prune(cli: &Cli, repo: &Repository, a: &PruneArgs) -> Result<i32> {
+    run_prune(cli, repo, a.dry_run, &a.flags)
+}
+
+/// Progress lines on stderr (not a bar: each phase is one line, so logs of
+/// a CronJob read well).
+fn prune_progress(cli: &Cli) -> Option<engine::prune::PruneProgress> {
+    if cli.quiet {
+        return None;
+    }
+    Some(Arc::new(|e: PruneEvent| {
+        let line = match e {
+            PruneEvent::Planned => return,
+            PruneEvent::RemovingUnindexed { packs } => {
+                format!("removing {packs} packs no index references")
+            }
+            PruneEvent::Repacking { done, total } => format!("repacking packs: {done}/{total}"),
+            PruneEvent::WritingIndex { files } => format!("writing {files} new index files"),
+            PruneEvent::RemovingOldIndex { files } => {
+                format!("removing {files} old index files")
+            }
+            PruneEvent::RemovingPacks { done, total } => {
+                if done != 0 && done != total && done % 100 != 0 {
+                    return;
+                }
+                format!("removing obsolete packs: {done}/{total}")
+            }
+        };
+        eprintln!("prune: {line}");
+    }))
+}
+
+fn run_prune(cli: &Cli, repo: &Repository, dry_run: bool, f: &PruneFlags) -> Result<i32> {
+    let opts = PruneOptions {
+        dry_run,
+        max_unused_percent: f.max_unused,
+        repack_small: f.repack_small,
+        progress: prune_progress(cli),
+    };
+    let st = engine::prune::prune(repo, &opts).context(
+        "prune needs the repository to itself (no backup, restore, check or forget may run)",
+    )?;
+    if cli.json {
+        let mut v = serde_json::to_value(&st)?;
+        v["message_type"] = "summary".into();
+        print_json(&v)?;
+        return Ok(EXIT_OK);
+    }
+    print!("{}", prune_report(&st));
+    Ok(EXIT_OK)
+}
+
+/// The human summary of a prune (restic's layout, hoard's numbers).
+pub fn prune_report(st: &PruneStats) -> String {
+    let b = |n: u64| indicatif::HumanBytes(n).to_string();
+    let would = if st.dry_run { "would " } else { "" };
+    let mut o = String::new();
+    let pct = |part: u64, whole: u64| {
+        if whole == 0 {
+            0.0
+        } else {
+            part as f64 * 100.0 / whole as f64
+        }
+    };
+    o += &format!("{} snapshots\n", st.snapshots);
+    o += &format!(
+        "used:     {:>8} blobs / {}\n",
+        st.blobs_used,
+        b(st.bytes_used)
+    );
+    o += &format!(
+        "unused:   {:>8} blobs / {} (duplicates: {} blobs / {})\n",
+        st.blobs_unused,
+        b(st.bytes_unused),
+        st.blobs_duplicate,
+        b(st.bytes_duplicate)
+    );
+    o += &format!(
+        "packs:    {:>8} / {} ({} no index references, {} unused, {} partly used to repack, {} kept)\n",
+        st.packs_total,
+        b(st.bytes_total),
+        st.packs_unindexed,
+        st.packs_unused,
+        st.packs_repacked,
+        st.packs_kept
+    );
+    o += &format!(
+        "{would}repack {} blobs / {} into {} new packs\n",
+        st.blobs_repacked,
+        b(st.bytes_repacked),
+        st.packs_written
+    );
+    o += &format!(
+        "{would}delete {} packs and {} unused blobs, freeing {} ({:.1}% of the packs' size)\n",
+        st.packs_deleted,
+        st.blobs_removed,
+        b(st.bytes_freed),
+        pct(st.bytes_freed, st.bytes_total)
+    );
+    o += &format!(
+        "unused after prune: {} ({:.2}% of the used data)\n",
+        b(st.bytes_unused_after),
+        pct(st.bytes_unused_after, st.bytes_used)
+    );
+    if st.dry_run {
+        o += "dry run: nothing was changed\n";
+    } else {
+        o += &format!(
+            "index: wrote {} files, removed {}\n",
+            st.index_files_written, st.index_files_removed
+        );
+    }
+    o
 }

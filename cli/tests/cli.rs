@@ -419,3 +419,196 @@ fn sigkill_mid_backup_leaves_a_repository_restic_accepts_and_the_next_backup_suc
     ));
     assert_same_tree(&src, &target.join("data"));
 }
+
+fn restic_ok(repo: &Path, pw: &Path, args: &[&str]) -> String {
+    let out = Command::new("restic")
+        .args(["-r", repo.to_str().unwrap(), "--password-file"])
+        .arg(pw)
+        .arg("--no-cache")
+        .args(args)
+        .output()
+        .expect("restic is installed by scripts/install-deps");
+    assert!(
+        out.status.success(),
+        "restic {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Backs up `src` four times, each time with one file kept for good
+/// (`keep{k}`, 10 MiB) and one that only this snapshot has (`drop{k}`), so
+/// forgetting all but the last snapshot leaves partly used packs.
+fn four_backups(tmp: &Path, repo: &Path, src: &Path, mib: usize) {
+    std::fs::create_dir_all(src).unwrap();
+    ok(&hoard(repo, "pw", &["init"]));
+    for k in 0..4u64 {
+        if k > 0 {
+            std::fs::remove_file(src.join(format!("drop{}", k - 1))).unwrap();
+        }
+        std::fs::write(src.join(format!("keep{k}")), noise(mib << 20, 100 + k)).unwrap();
+        std::fs::write(src.join(format!("drop{k}")), noise(mib << 20, 200 + k)).unwrap();
+        ok(&hoard(
+            repo,
+            "pw",
+            &[
+                "-q",
+                "backup",
+                src.to_str().unwrap(),
+                "--host",
+                "h",
+                "--path",
+                "/data",
+            ],
+        ));
+    }
+    let _ = tmp;
+}
+
+#[test]
+fn forget_dry_run_shows_reasons_then_forget_prune_frees_the_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let src = tmp.path().join("src");
+    let pw = tmp.path().join("pw");
+    std::fs::write(&pw, "pw\n").unwrap();
+    four_backups(tmp.path(), &repo, &src, 2);
+    let snaps = |repo: &Path| -> Vec<serde_json::Value> {
+        serde_json::from_str(&ok(&hoard(repo, "pw", &["--json", "snapshots"]))).unwrap()
+    };
+    assert_eq!(snaps(&repo).len(), 4);
+
+    // Dry run: what goes, what stays and why; nothing changes.
+    let out = ok(&hoard(
+        &repo,
+        "pw",
+        &[
+            "forget",
+            "--keep-last",
+            "1",
+            "--keep-daily",
+            "1",
+            "--dry-run",
+        ],
+    ));
+    assert!(
+        out.contains("snapshots for host [h], paths [/data]"),
+        "{out}"
+    );
+    assert!(out.contains("keep 1 snapshots"), "{out}");
+    assert!(out.contains("last snapshot, daily snapshot"), "{out}");
+    assert!(out.contains("remove 3 snapshots"), "{out}");
+    assert!(out.contains("would remove 3 snapshots"), "{out}");
+    assert_eq!(snaps(&repo).len(), 4, "a dry run removes nothing");
+    let j: serde_json::Value = serde_json::from_str(&ok(&hoard(
+        &repo,
+        "pw",
+        &["--json", "forget", "--keep-last", "1", "--dry-run"],
+    )))
+    .unwrap();
+    assert_eq!(j[0]["keep"].as_array().unwrap().len(), 1);
+    assert_eq!(j[0]["remove"].as_array().unwrap().len(), 3);
+    assert_eq!(j[0]["reasons"][0]["matches"][0], "last snapshot");
+
+    // No policy: refused with guidance.
+    let o = hoard(&repo, "pw", &["forget"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--keep-last"));
+    let o = hoard(&repo, "pw", &["prune", "--max-unused", "lots"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("percentage"));
+
+    // prune --dry-run, then forget --prune for real.
+    let out = ok(&hoard(&repo, "pw", &["prune", "--dry-run"]));
+    assert!(out.contains("dry run: nothing was changed"), "{out}");
+    let out = ok(&hoard(
+        &repo,
+        "pw",
+        &["forget", "--keep-last", "1", "--prune"],
+    ));
+    assert!(out.contains("removed 3 snapshots"), "{out}");
+    assert!(out.contains("index: wrote"), "{out}");
+    assert_eq!(snaps(&repo).len(), 1);
+    // Three 2 MiB files that only the forgotten snapshots had are gone.
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(&hoard(&repo, "pw", &["--json", "prune", "--dry-run"]))).unwrap();
+    assert_eq!(j["blobs_unused"], 0, "{j}");
+    let used = j["bytes_used"].as_u64().unwrap();
+    assert!(
+        used > 4 * (2 << 20) + (2 << 20) - 1 && used < 6 * (2 << 20),
+        "{j}"
+    );
+    restic_ok(&repo, &pw, &["check", "--read-data"]);
+    let target = tmp.path().join("out");
+    ok(&hoard(
+        &repo,
+        "pw",
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    ));
+    assert_same_tree(&src, &target.join("data"));
+}
+
+#[test]
+fn sigkill_mid_prune_leaves_a_repository_restic_accepts_and_the_next_prune_completes() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let src = tmp.path().join("src");
+    let pw = tmp.path().join("pw");
+    std::fs::write(&pw, "pw\n").unwrap();
+    four_backups(tmp.path(), &repo, &src, 10);
+    ok(&hoard(&repo, "pw", &["forget", "--keep-last", "1"]));
+    let plan: serde_json::Value =
+        serde_json::from_str(&ok(&hoard(&repo, "pw", &["--json", "prune", "--dry-run"]))).unwrap();
+    assert!(plan["packs_repacked"].as_u64().unwrap() >= 2, "{plan}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .args(["--repo", repo.to_str().unwrap(), "prune"])
+        .env("HOARD_PASSWORD", "pw")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill it once it has repacked one pack and has more to do.
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        let hit = line.starts_with("prune: repacking packs: 1/");
+        seen.push(line);
+        if hit {
+            child.kill().unwrap(); // SIGKILL
+            break;
+        }
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "prune was not killed mid-way ({status}); it printed {seen:?}"
+    );
+
+    // restic accepts what is left (the dead process's lock is stale).
+    restic_ok(&repo, &pw, &["unlock"]);
+    restic_ok(&repo, &pw, &["check"]);
+    // The next prune clears the dead lock itself and completes.
+    let out = ok(&hoard(&repo, "pw", &["prune"]));
+    assert!(out.contains("index: wrote"), "{out}");
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(&hoard(&repo, "pw", &["--json", "prune", "--dry-run"]))).unwrap();
+    assert_eq!(
+        (j["packs_deleted"].as_u64(), j["packs_repacked"].as_u64()),
+        (Some(0), Some(0)),
+        "{j}"
+    );
+    restic_ok(&repo, &pw, &["check", "--read-data"]);
+    let target = tmp.path().join("out");
+    ok(&hoard(
+        &repo,
+        "pw",
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    ));
+    assert_same_tree(&src, &target.join("data"));
+}

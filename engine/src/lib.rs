@@ -18,6 +18,7 @@ pub mod keyfile;
 pub mod lock;
 pub mod lock_stale;
 pub mod pack;
+pub mod prune;
 pub mod repository;
 pub mod snapshot;
 // backup/restore side (chunking, trees, secure file access)

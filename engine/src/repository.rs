@@ -349,6 +349,14 @@ impl Repository {
         Ok(())
     }
 
+    /// Reads the index files again, replacing the in-memory index. Needed
+    /// after a prune rewrote the index and deleted packs: the old entries
+    /// would make `save_blob` skip blobs that are gone. Call it only while
+    /// no blobs are being saved through this `Repository`.
+    pub fn reload_index(&self) -> Result<()> {
+        self.load_index()
+    }
+
     /// Number of blobs in the index and its approximate memory footprint.
     pub fn index_stats(&self) -> (usize, usize) {
         let i = self.index.read().unwrap_or_else(|e| e.into_inner());
