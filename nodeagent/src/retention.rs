@@ -76,8 +76,6 @@ pub struct RetentionReport {
     pub removed: usize,
     /// `Some` when a prune ran: bytes freed.
     pub pruned_bytes: Option<u64>,
-    /// Why prune did not run although the policy asks for it.
-    pub prune_note: Option<String>,
     /// The policy asks for a prune and snapshots were removed (restic's
     /// `forget --prune` prunes only then): [`prune_after_forget`] is due.
     pub prune_due: bool,
@@ -151,19 +149,24 @@ pub fn apply_retention(
     Ok(report)
 }
 
-/// The prune a forget made due (see [`RetentionReport::prune_due`]); a
+/// The prune a forget made due (see [`RetentionReport::prune_due`]): a
 /// separate step so that a prune that finds the repository locked is
-/// retried without forgetting again. Prune is not part of this build's
-/// engine yet: the report says so rather than pretend it ran.
+/// retried without forgetting again. [`engine::prune::prune`] takes the
+/// exclusive lock itself, with restic's defaults (5% unused tolerated).
 pub fn prune_after_forget(
-    _repo: &Repository,
+    repo: &Repository,
     report: &mut RetentionReport,
 ) -> Result<(), RetentionError> {
-    report.prune_due = false;
-    report.prune_note = Some(
-        "prune was requested but this Hoard build has no prune yet; unreferenced data stays until a later prune"
-            .into(),
+    let stats = engine::prune::prune(repo, &engine::prune::PruneOptions::default())
+        .map_err(RetentionError::Prune)?;
+    tracing::info!(
+        bytes_freed = stats.bytes_freed,
+        packs_deleted = stats.packs_deleted,
+        packs_repacked = stats.packs_repacked,
+        "retention: pruned"
     );
+    report.prune_due = false;
+    report.pruned_bytes = Some(stats.bytes_freed);
     Ok(())
 }
 

@@ -996,7 +996,8 @@ async fn a_secret_not_shared_with_the_namespace_is_refused() {
 
 /// After the session succeeded, the agent that backed up its first host
 /// applies `keepLast: 1` to the configuration's snapshots (another
-/// configuration's snapshot in the same repository is left alone), records
+/// configuration's snapshot in the same repository is left alone), prunes
+/// (restic check --read-data passes afterwards), records
 /// the outcome in `status.retention`, posts an event and writes the
 /// `Repository` status. An agent on another node that ran no host of the
 /// session makes no request at all.
@@ -1047,7 +1048,7 @@ async fn retention_runs_once_after_a_successful_session() {
     drop(repo);
 
     let mut cfg = config();
-    cfg["spec"]["retentionPolicy"] = json!({"name": "keep-last", "keepLast": 1, "prune": false});
+    cfg["spec"]["retentionPolicy"] = json!({"name": "keep-last", "keepLast": 1, "prune": true});
     let session = json!({
         "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
         "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
@@ -1121,6 +1122,13 @@ async fn retention_runs_once_after_a_successful_session() {
         assert_eq!(r["snapshotsRemoved"], 2, "{r}");
         assert_eq!(r["snapshotsKept"], 1, "{r}");
         assert_eq!(r["node"], "node-a");
+        // the two forgotten snapshots' packs held nothing else
+        assert_eq!(r["pruned"], true, "{r}");
+        assert!(r["bytesFreed"].as_i64().unwrap() > 0, "{r}");
+        assert!(
+            r["message"].as_str().unwrap().contains("prune freed"),
+            "{r}"
+        );
         assert!(r["startTime"].is_string() && r["completionTime"].is_string());
         assert!(r.get("error").is_none());
         let rs = &w.repository["status"];
@@ -1149,6 +1157,21 @@ async fn retention_runs_once_after_a_successful_session() {
     assert_eq!(left.len(), 2, "{left:?}");
     assert_eq!(left[0].0, "backupconfiguration=other");
     assert_eq!(left[1].0, "backupconfiguration=ss-backup");
+    drop(repo);
+    // restic agrees the pruned repository is whole
+    let out = std::process::Command::new("restic")
+        .args(["-r"])
+        .arg(&repo_dir)
+        .args(["--no-cache", "check", "--read-data"])
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .output()
+        .expect("run restic (scripts/install-deps installs it)");
+    assert!(
+        out.status.success(),
+        "restic check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // node-b's agent ran no host of this session: it only looks
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();

@@ -122,8 +122,6 @@ fn outcome_status(
                 let mut m = format!("{} snapshots removed, {} kept", rep.removed, rep.kept);
                 if let Some(b) = rep.pruned_bytes {
                     m.push_str(&format!("; prune freed {}", human_bytes(b)));
-                } else if let Some(note) = &rep.prune_note {
-                    m.push_str(&format!("; {note}"));
                 } else if policy.is_some_and(|p| p.prune.unwrap_or(false)) {
                     m.push_str("; nothing to prune");
                 }
