@@ -411,7 +411,10 @@ impl Agent {
                 self.maybe_apply_retention(&bs);
                 return Ok(());
             }
-            Some(Phase::Failed | Phase::Skipped) => return Ok(()),
+            Some(Phase::Failed | Phase::Skipped) => {
+                self.forget_backed_up(&bs.uid().unwrap_or_default());
+                return Ok(());
+            }
             _ => {}
         }
         let ns = bs.namespace().unwrap_or_default();

@@ -153,6 +153,8 @@ impl Agent {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(&(uid.clone(), host, kind, name));
+        // decided once: the session's entries are not needed any more
+        self.forget_backed_up(&uid);
         if !mine
             || !self
                 .retention_started
@@ -164,6 +166,15 @@ impl Agent {
         }
         let (agent, bs) = (self.clone(), bs.clone());
         tokio::spawn(async move { agent.run_retention(&bs).await });
+    }
+
+    /// Drops what this process remembers about the hosts it backed up in
+    /// session `uid` (the session finished; the set must not grow forever).
+    pub(super) fn forget_backed_up(&self, uid: &str) {
+        self.backed_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(u, ..)| u != uid);
     }
 
     async fn write_retention(&self, bs: &BackupSession, st: &RetentionStatus) {
