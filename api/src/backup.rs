@@ -262,6 +262,49 @@ pub struct BackupSessionStatus {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<Condition>>,
+    /// What the configuration's `retentionPolicy` did after the session
+    /// succeeded. Written once, by the one node agent that applies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionStatus>,
+}
+
+/// The outcome of applying a `retentionPolicy` (forget, then prune if asked)
+/// after a successful `BackupSession`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionStatus {
+    /// `Running`, then `Succeeded` or `Failed`; `Skipped` when the
+    /// configuration has no policy (nothing is forgotten).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// `true`: the policy was only evaluated; `snapshotsRemoved` says what
+    /// would have been removed, nothing was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
+    /// Snapshots of this configuration the policy keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots_kept: Option<i64>,
+    /// Snapshots of this configuration removed (or, in a dry run, that
+    /// would be).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots_removed: Option<i64>,
+    /// `true` when unreferenced data was pruned afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<bool>,
+    /// Bytes of repository storage freed by the prune.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_freed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The node whose agent applied the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
 }
 
 /// Backup statistics of one host.

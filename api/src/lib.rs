@@ -49,7 +49,7 @@ pub mod schedule;
 pub use backup::{
     BackupConfiguration, BackupConfigurationSpec, BackupConfigurationStatus, BackupSession,
     BackupSessionSpec, BackupSessionStatus, BackupTarget, FileStats, HostBackupStats, InvokerRef,
-    LastSession, SnapshotStats,
+    LastSession, RetentionStatus, SnapshotStats,
 };
 pub use common::{
     ContainerRuntimeSettings, Driver, EmptyDirSettings, IONiceSettings, NiceSettings, Param, Phase,

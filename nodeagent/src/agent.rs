@@ -17,7 +17,7 @@
 //! that this process is not running was left by a previous agent process
 //! (restarted mid-transfer): it is marked failed rather than left running.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use kube::{Client, Resource, ResourceExt};
 use api::host::WorkloadKind;
 use api::keys;
 use api::{BackupConfiguration, BackupSession, Phase, RestoreSession, TargetRef};
+use engine::backup::CancelToken;
 use engine::priority::Priority;
 
 use crate::hold::{Outcome, write_marker};
@@ -42,6 +43,9 @@ use crate::volumes::{Kubelet, VolumeError, classify};
 use crate::work::{
     HostProgress, HostVolume, TransferError, TransferSettings, run_backup_host, run_restore_host,
 };
+
+mod recovery;
+mod retention;
 
 /// Errors that stop a session's handling on this node.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +87,16 @@ pub struct Agent {
     /// still showing `Running` for one of them is not mistaken for a
     /// transfer left behind by a previous agent process.
     finished: Mutex<HashSet<(String, String)>>,
+    /// (session UID, host, target kind, target name) this process backed up
+    /// successfully: the agent that ran a succeeded session's first host
+    /// applies its retention policy ([`crate::retention::retention_owner`]).
+    backed_up: Mutex<HashSet<(String, String, String, String)>>,
+    /// Session UIDs whose retention this process started.
+    retention_started: Mutex<HashSet<String>>,
+    /// Running transfers by (pod UID, session UID, host): cancelled when
+    /// the pod is deleted, so the host fails at once with that reason and
+    /// the agent's open directories do not hold up the kubelet's unmount.
+    pod_transfers: Mutex<HashMap<(String, String, String), CancelToken>>,
 }
 
 /// The session's `nice`/`ionice`.
@@ -176,6 +190,10 @@ enum HostFailure {
     Volume(#[from] VolumeError),
     #[error("{0}")]
     Kube(String),
+    #[error(
+        "pod {pod} was deleted while its volumes were being {op}; the transfer of this host was stopped (the repository stays valid)"
+    )]
+    PodDeleted { pod: String, op: &'static str },
 }
 
 impl HostFailure {
@@ -185,6 +203,7 @@ impl HostFailure {
             HostFailure::Transfer(e) => e.reason(),
             HostFailure::Volume(e) => e.reason(),
             HostFailure::Kube(_) => "kubernetes_api",
+            HostFailure::PodDeleted { .. } => "pod_deleted",
         }
     }
 }
@@ -217,6 +236,9 @@ impl Agent {
             progress_interval,
             inflight: Mutex::new(HashSet::new()),
             finished: Mutex::new(HashSet::new()),
+            backed_up: Mutex::new(HashSet::new()),
+            retention_started: Mutex::new(HashSet::new()),
+            pod_transfers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -238,6 +260,7 @@ impl Agent {
         probe::<BackupSession>(&self.client, "BackupSession").await?;
         probe::<RestoreSession>(&self.client, "RestoreSession").await?;
         probe::<api::Repository>(&self.client, "Repository").await?;
+        probe::<api::Recovery>(&self.client, "Recovery").await?;
         Ok(())
     }
 
@@ -262,6 +285,43 @@ impl Agent {
         finished.insert(key);
     }
 
+    /// A cancel token for a transfer from `pod`'s volumes, registered until
+    /// [`Agent::pod_transfer_done`].
+    fn pod_transfer(&self, pod: &Pod, session_uid: &str, host: &str) -> CancelToken {
+        let t = CancelToken::new();
+        let key = (
+            pod.uid().unwrap_or_default(),
+            session_uid.to_string(),
+            host.to_string(),
+        );
+        let mut m = self.pod_transfers.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(key, t.clone());
+        t
+    }
+
+    fn pod_transfer_done(&self, pod: &Pod, session_uid: &str, host: &str) {
+        let key = (
+            pod.uid().unwrap_or_default(),
+            session_uid.to_string(),
+            host.to_string(),
+        );
+        self.pod_transfers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    }
+
+    /// The pod with `uid` is being deleted: stop its transfers.
+    pub fn pod_gone(&self, uid: &str) {
+        let m = self.pod_transfers.lock().unwrap_or_else(|e| e.into_inner());
+        for ((pod, _, host), t) in m.iter().filter(|((p, _, _), _)| p == uid) {
+            if !t.is_cancelled() {
+                tracing::warn!(pod_uid = %pod, host, "pod deleted: stopping its transfer");
+                t.cancel();
+            }
+        }
+    }
+
     async fn event<K: Resource<DynamicType = ()>>(
         &self,
         obj: &K,
@@ -279,6 +339,10 @@ impl Agent {
             note: Some(note),
             action: if reason.contains("Restore") {
                 "Restore".into()
+            } else if reason.starts_with("Retention") {
+                "Retention".into()
+            } else if reason.starts_with("Recovery") {
+                "Recovery".into()
             } else {
                 "Backup".into()
             },
@@ -342,11 +406,16 @@ impl Agent {
         self: &Arc<Self>,
         bs: BackupSession,
     ) -> Result<(), AgentError> {
-        if matches!(
-            bs.status.as_ref().and_then(|s| s.phase),
-            Some(Phase::Succeeded | Phase::Failed | Phase::Skipped)
-        ) {
-            return Ok(());
+        match bs.status.as_ref().and_then(|s| s.phase) {
+            Some(Phase::Succeeded) => {
+                self.maybe_apply_retention(&bs);
+                return Ok(());
+            }
+            Some(Phase::Failed | Phase::Skipped) => {
+                self.forget_backed_up(&bs.uid().unwrap_or_default());
+                return Ok(());
+            }
+            _ => {}
         }
         let ns = bs.namespace().unwrap_or_default();
         let inv = &bs.spec.invoker;
@@ -375,11 +444,17 @@ impl Agent {
                     .collect();
             for (host, pod) in owned {
                 let uid = bs.uid().unwrap_or_default();
-                let prior = crate::status::host_phase(&stats, &host);
+                let tjson = serde_json::to_value(&target.target_ref).unwrap_or_default();
+                let prior = crate::status::target_host_phase(&stats, &host, &tjson);
+                // batch targets may share a host name: claim per target
+                let claim = format!(
+                    "{}/{}/{host}",
+                    target.target_ref.kind, target.target_ref.name
+                );
                 if matches!(prior.as_deref(), Some("Succeeded" | "Failed")) {
                     continue;
                 }
-                if !self.claim(&uid, &host) {
+                if !self.claim(&uid, &claim) {
                     continue;
                 }
                 let agent = self.clone();
@@ -392,7 +467,7 @@ impl Agent {
                     } else {
                         agent.backup_host(&bs, &cfg, &target, &host, &pod).await;
                     }
-                    agent.release(&uid, &host);
+                    agent.release(&uid, &claim);
                 });
             }
         }
@@ -434,6 +509,9 @@ impl Agent {
         let api: Api<BackupSession> = Api::namespaced(self.client.clone(), &ns);
         let tref = target.target_ref.clone();
         let target_label = format!("{}/{}", tref.kind, tref.name);
+        // From here on, deleting the pod stops this host's backup.
+        let uid = bs.uid().unwrap_or_default();
+        let cancel = self.pod_transfer(pod, &uid, host);
         let running = api::HostBackupStats {
             hostname: host.into(),
             target: Some(tref.clone()),
@@ -450,7 +528,7 @@ impl Agent {
             false,
             reason::BACKUP_STARTED,
             format!(
-                "{host}: backing up pod {} on node {}",
+                "{host} of {target_label}: backing up pod {} on node {}",
                 pod.name_any(),
                 self.node
             ),
@@ -459,9 +537,27 @@ impl Agent {
         tracing::info!(%ns, session = %name, host, pod = %pod.name_any(), "backup started");
 
         let progress = HostProgress::default();
-        let result = self
-            .run_backup_transfer(&ns, cfg, target, host, pod, &progress, &api, &name, &tref)
+        let mut result = self
+            .run_backup_transfer(
+                &ns,
+                cfg,
+                target,
+                host,
+                pod,
+                &progress,
+                &api,
+                &name,
+                &tref,
+                cancel.clone(),
+            )
             .await;
+        self.pod_transfer_done(pod, &uid, host);
+        if cancel.is_cancelled() {
+            result = Err(HostFailure::PodDeleted {
+                pod: format!("{ns}/{}", pod.name_any()),
+                op: "backed up",
+            });
+        }
         let (entry, failure) = match result {
             Ok(report) => {
                 self.metrics.record_backup(&ns, &target_label, &report);
@@ -484,6 +580,19 @@ impl Agent {
                 )
             }
         };
+        if failure.is_none() {
+            // Before the status write: the session can turn Succeeded
+            // (and its retention be due) as soon as the entry is written.
+            self.backed_up
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((
+                    bs.uid().unwrap_or_default(),
+                    host.to_string(),
+                    tref.kind.clone(),
+                    tref.name.clone(),
+                ));
+        }
         if let Err(e) =
             crate::status::upsert_host_entry(&api, "BackupSession", &name, host, &entry).await
         {
@@ -496,14 +605,19 @@ impl Agent {
                     bs,
                     false,
                     reason::BACKUP_SUCCEEDED,
-                    format!("{host}: backup succeeded"),
+                    format!("{host} of {target_label}: backup succeeded"),
                 )
                 .await
             }
             Some(msg) => {
                 tracing::warn!(%ns, session = %name, host, error = %msg, "backup failed");
-                self.event(bs, true, reason::BACKUP_FAILED, format!("{host}: {msg}"))
-                    .await
+                self.event(
+                    bs,
+                    true,
+                    reason::BACKUP_FAILED,
+                    format!("{host} of {target_label}: {msg}"),
+                )
+                .await
             }
         }
     }
@@ -520,9 +634,14 @@ impl Agent {
         api: &Api<BackupSession>,
         name: &str,
         tref: &TargetRef,
+        cancel: CancelToken,
     ) -> Result<crate::work::HostBackupReport, HostFailure> {
         let access = self.repo_access(ns, &cfg.spec.repository.name).await?;
         let pvs = self.claims_to_pvs(ns, pod).await;
+        if cancel.is_cancelled() {
+            // the caller reports the deletion; do not touch the volumes
+            return Err(HostFailure::Kube("cancelled".into()));
+        }
         let mounts = mounts_for(pod, target.volume_mounts.as_ref());
         let priority = priority_of(cfg.spec.runtime_settings.as_ref());
         let settings = TransferSettings {
@@ -533,7 +652,7 @@ impl Agent {
             ],
             excludes: target.exclude.clone().unwrap_or_default(),
             threads: 0,
-            cancel: Default::default(),
+            cancel,
         };
         self.metrics.nice.set(priority.nice.unwrap_or(0).into());
         self.metrics
@@ -710,7 +829,19 @@ impl Agent {
                 ),
             )
             .await;
-            self.run_restore_transfer(rs, host, pod, plan).await
+            let cancel = self.pod_transfer(pod, &uid, host);
+            let r = self
+                .run_restore_transfer(rs, host, pod, plan, cancel.clone())
+                .await;
+            self.pod_transfer_done(pod, &uid, host);
+            if cancel.is_cancelled() {
+                Err(HostFailure::PodDeleted {
+                    pod: format!("{ns}/{}", pod.name_any()),
+                    op: "restored",
+                })
+            } else {
+                r
+            }
         } else {
             // no rule matches: nothing is restored, the pod may start
             Ok(crate::work::HostRestoreReport {
@@ -771,6 +902,7 @@ impl Agent {
         host: &str,
         pod: &Pod,
         plan: api::rules::RestorePlan,
+        cancel: CancelToken,
     ) -> Result<crate::work::HostRestoreReport, HostFailure> {
         let ns = rs.namespace().unwrap_or_default();
         let repo_name = rs
@@ -788,6 +920,7 @@ impl Agent {
         let settings = TransferSettings {
             priority,
             threads: 0,
+            cancel,
             ..Default::default()
         };
         let kubelet = self.kubelet.clone();
@@ -858,6 +991,7 @@ impl Agent {
         let cfg = watcher::Config::default();
         let bs = watcher(Api::<BackupSession>::all(self.client.clone()), cfg.clone());
         let rs = watcher(Api::<RestoreSession>::all(self.client.clone()), cfg.clone());
+        let rec = watcher(Api::<api::Recovery>::all(self.client.clone()), cfg.clone());
         let pods = watcher(
             Api::<Pod>::all(self.client.clone()),
             cfg.fields(&format!("spec.nodeName={}", self.node)),
@@ -866,13 +1000,17 @@ impl Agent {
             Backup(Box<watcher::Event<BackupSession>>),
             Restore(Box<watcher::Event<RestoreSession>>),
             Pod(Box<watcher::Event<Pod>>),
+            Recovery(Box<watcher::Event<api::Recovery>>),
         }
         let mut all = futures::stream::select(
             futures::stream::select(
                 bs.map_ok(|e| Ev::Backup(Box::new(e))),
                 rs.map_ok(|e| Ev::Restore(Box::new(e))),
             ),
-            pods.map_ok(|e| Ev::Pod(Box::new(e))),
+            futures::stream::select(
+                pods.map_ok(|e| Ev::Pod(Box::new(e))),
+                rec.map_ok(|e| Ev::Recovery(Box::new(e))),
+            ),
         )
         .boxed();
         let mut synced = 0u8;
@@ -910,15 +1048,31 @@ impl Agent {
                     watcher::Event::InitDone => synced += 1,
                     _ => {}
                 },
-                Ev::Pod(e) => match *e {
-                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
-                        self.clone().on_pod(p);
+                Ev::Recovery(e) => match *e {
+                    watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                        let a = self.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = a.handle_recovery(o).await {
+                                tracing::warn!(error = %e, "recovery");
+                            }
+                        });
                     }
                     watcher::Event::InitDone => synced += 1,
                     _ => {}
                 },
+                Ev::Pod(e) => match *e {
+                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                        if p.metadata.deletion_timestamp.is_some() {
+                            self.pod_gone(&p.uid().unwrap_or_default());
+                        }
+                        self.clone().on_pod(p);
+                    }
+                    watcher::Event::Delete(p) => self.pod_gone(&p.uid().unwrap_or_default()),
+                    watcher::Event::InitDone => synced += 1,
+                    _ => {}
+                },
             }
-            if synced >= 3 && !ready.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            if synced >= 4 && !ready.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tracing::info!(node = %self.node, "watches synced; agent ready");
             }
         }

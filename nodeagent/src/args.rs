@@ -38,6 +38,17 @@ pub struct Args {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_interval_secs: u64,
 
+    /// Host directories (as paths on the host) that a `Recovery` may restore
+    /// into; its hostPath must lie below one of them. Repeat the flag or
+    /// separate with commas.
+    #[arg(
+        long = "recovery-allowed-path",
+        env = "HOARD_RECOVERY_ALLOWED_PATHS",
+        value_delimiter = ',',
+        default_value = crate::recovery::DEFAULT_RECOVERY_ROOT
+    )]
+    pub recovery_allowed_paths: Vec<PathBuf>,
+
     /// Where a fatal error is written for `kubectl describe pod`.
     #[arg(long, default_value = "/dev/termination-log")]
     pub termination_log: PathBuf,
@@ -64,6 +75,10 @@ mod tests {
         assert_eq!(c.namespace, "hoard-system");
         assert_eq!(c.max_transfers, 1);
         assert_eq!(c.admin_listen.port(), 9090);
+        assert_eq!(
+            c.recovery_allowed_paths,
+            [PathBuf::from("/var/lib/hoard/recovery")]
+        );
         let c = Cli::try_parse_from([
             "hoard",
             "--node-name",
@@ -74,11 +89,17 @@ mod tests {
             "3",
             "--admin-listen",
             "127.0.0.1:9999",
+            "--recovery-allowed-path",
+            "/data,/srv/restore",
         ])
         .unwrap()
         .agent;
         assert_eq!(c.kubelet_root, PathBuf::from("/var/lib/k0s/kubelet"));
         assert_eq!(c.max_transfers, 3);
+        assert_eq!(
+            c.recovery_allowed_paths,
+            [PathBuf::from("/data"), PathBuf::from("/srv/restore")]
+        );
         assert!(
             Cli::try_parse_from(["hoard", "--node-name", "n", "--max-transfers", "0"]).is_err()
         );

@@ -8,12 +8,19 @@
 //! ```text
 //! watches (agent) ── sessions, pods on this node
 //!   └─ owner: which hosts are mine (pure)
-//!       └─ repo: Repository + Secret from hoard-system → engine repository
+//!       └─ repo: Repository + Secret from hoard-system (allowed-namespaces
+//!          checked) → local, S3, GCS, Azure, B2, Swift or REST repository
 //!       └─ volumes: pod + volume → kubelet dir, opened beneath (beneath)
 //!           └─ transfers: ≤ --max-transfers threads with nice/ionice
 //!               └─ work: engine backup / restore of the host's volumes
-//!                   └─ status (merge by hostname), events, metrics,
-//!                      hold: restore marker for the waiting init-container
+//!                   └─ status (merge by hostname and target), events,
+//!                      metrics, hold: restore marker for the waiting
+//!                      init-container
+//! session Succeeded ── retention: the agent that ran the first host forgets
+//!                      (and prunes) per the policy, writes status.retention
+//!                      and the Repository's status
+//! Recovery ─────────── recovery: the host's agent restores into hostPaths
+//!                      below --recovery-allowed-path (openat2 beneath)
 //! ```
 //!
 //! `run`/`run_async` are what `hoard agent` calls with [`Args`].
@@ -24,7 +31,9 @@ pub mod beneath;
 pub mod hold;
 pub mod metrics;
 pub mod owner;
+pub mod recovery;
 pub mod repo;
+pub mod retention;
 pub mod status;
 pub mod transfers;
 pub mod volumes;
@@ -78,6 +87,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     })?;
     let mut kubelet = volumes::Kubelet::new(&args.kubelet_root);
     kubelet.host_root = args.host_root.clone();
+    kubelet.recovery_roots = args.recovery_allowed_paths.clone();
     let pods = args.kubelet_root.join("pods");
     anyhow::ensure!(
         pods.is_dir(),

@@ -46,7 +46,9 @@ fn is_conflict(e: &kube::Error) -> bool {
 }
 
 /// The JSON patch (RFC 6902, as a JSON array) that puts `entry` for `host`
-/// into `obj`'s `status.stats`, guarded by `obj`'s resourceVersion.
+/// into `obj`'s `status.stats`, guarded by `obj`'s resourceVersion. An entry
+/// is the same host's when hostname *and* `target` match: in a batch backup
+/// two targets both have a `host-0`, and neither may overwrite the other.
 /// Built as JSON because kube 5 takes json-patch 4's type while the
 /// workspace pins json-patch 5; the wire format is the same.
 pub fn host_entry_patch(
@@ -66,10 +68,10 @@ pub fn host_entry_patch(
             json!({"op": "add", "path": "/status", "value": {"stats": [entry]}})
         }
         None => json!({"op": "add", "path": "/status/stats", "value": [entry]}),
-        Some(list) => match list
-            .iter()
-            .position(|e| e.get("hostname").and_then(|h| h.as_str()) == Some(host))
-        {
+        Some(list) => match list.iter().position(|e| {
+            e.get("hostname").and_then(|h| h.as_str()) == Some(host)
+                && e.get("target") == entry.get("target")
+        }) {
             Some(i) => {
                 json!({"op": "replace", "path": format!("/status/stats/{i}"), "value": entry})
             }
@@ -128,6 +130,25 @@ pub fn host_phase(obj: &serde_json::Value, host: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The phase of the entry of `host` of `target` (a `TargetRef` in JSON
+/// form, as the agent writes it into backup entries).
+pub fn target_host_phase(
+    obj: &serde_json::Value,
+    host: &str,
+    target: &serde_json::Value,
+) -> Option<String> {
+    obj.pointer("/status/stats")?
+        .as_array()?
+        .iter()
+        .find(|e| {
+            e.get("hostname").and_then(|h| h.as_str()) == Some(host)
+                && e.get("target") == Some(target)
+        })?
+        .get("phase")?
+        .as_str()
+        .map(str::to_string)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +187,27 @@ mod tests {
         );
         assert_eq!(o4["status"]["phase"], "Running");
         assert_eq!(host_phase(&o4, "h").as_deref(), Some("Running"));
+    }
+
+    /// Batch backup: two targets each have a host-0; each agent's write
+    /// replaces only its own target's entry.
+    #[test]
+    fn batch_targets_with_the_same_host_name_keep_separate_entries() {
+        let t = |n: &str| json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": n});
+        let e = |n: &str, ph: &str| json!({"hostname": "host-0", "target": t(n), "phase": ph});
+        let mut o = json!({"metadata": {"resourceVersion": "1"}});
+        for (n, ph) in [("a", "Running"), ("b", "Running"), ("a", "Succeeded")] {
+            o = apply(&o, &host_entry_patch(&o, "host-0", e(n, ph)));
+        }
+        assert_eq!(
+            o["status"]["stats"],
+            json!([e("a", "Succeeded"), e("b", "Running")])
+        );
+        assert_eq!(
+            target_host_phase(&o, "host-0", &t("b")).as_deref(),
+            Some("Running")
+        );
+        assert_eq!(target_host_phase(&o, "host-0", &t("c")), None);
     }
 
     #[test]

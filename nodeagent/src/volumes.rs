@@ -192,6 +192,8 @@ pub struct Kubelet {
     /// The host's `/` as mounted into the agent, when hostPath volumes may
     /// be backed up at all (`None`: never).
     pub host_root: Option<PathBuf>,
+    /// Host directories a `Recovery` may restore into (`--recovery-allowed-path`).
+    pub recovery_roots: Vec<PathBuf>,
 }
 
 fn pod_display(pod: &Pod) -> String {
@@ -220,6 +222,7 @@ impl Kubelet {
         Kubelet {
             root: root.into(),
             host_root: None,
+            recovery_roots: vec![PathBuf::from(crate::recovery::DEFAULT_RECOVERY_ROOT)],
         }
     }
 

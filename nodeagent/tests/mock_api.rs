@@ -17,6 +17,8 @@ use nodeagent::agent::Agent;
 use nodeagent::metrics::Metrics;
 use nodeagent::volumes::Kubelet;
 
+mod moto;
+
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 const PASSWORD: &str = "mock-test-password";
@@ -36,6 +38,7 @@ fn status_422(msg: &str) -> Value {
            "reason": "Invalid", "code": 422})
 }
 
+#[derive(Default)]
 struct World {
     config: Value,
     /// `Some(node)`: pod lists must be scoped to that node.
@@ -51,6 +54,54 @@ struct World {
     log: Vec<(String, String)>,
     events: Vec<String>,
     conflicts_injected: bool,
+    /// The `Repository` the configuration names (served by name).
+    repository: Value,
+    /// Its credentials Secret in hoard-system (served by name).
+    secret: Value,
+    /// Finishing events (not `...Started`) to see before the server stops,
+    /// beyond the first.
+    extra_final_events: usize,
+    final_events_seen: usize,
+    /// Told every event reason as it is posted.
+    event_tx: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// (event name, reason) of posted events, for series updates (PATCH).
+    event_names: Vec<(String, String)>,
+}
+
+/// `Recovery` is v1alpha1, the sessions v1beta1.
+fn session_version(session_path: &str) -> &'static str {
+    if session_path.starts_with("recoveries/") {
+        "v1alpha1"
+    } else {
+        "v1beta1"
+    }
+}
+
+fn local_repository() -> Value {
+    json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "Repository",
+        "metadata": {"name": "local-repo", "namespace": "demo"},
+        "spec": {"backend": {"storageSecretName": "repo-secret",
+            "local": {"hostPath": {"path": "/var/hoard/repo"}, "mountPath": "/repo"}}}
+    })
+}
+
+/// `repo-secret` in hoard-system with the password and `extra` keys, usable
+/// from namespace demo.
+fn repo_secret(extra: &[(&str, &str)]) -> Value {
+    use base64::Engine as _;
+    let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    let mut data = serde_json::Map::new();
+    data.insert("RESTIC_PASSWORD".into(), json!(b64(PASSWORD)));
+    for (k, v) in extra {
+        data.insert(k.to_string(), json!(b64(v)));
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "repo-secret", "namespace": "hoard-system",
+            "annotations": {"hoard.dev/allowed-namespaces": "demo"}},
+        "data": data
+    })
 }
 
 fn config() -> Value {
@@ -90,6 +141,10 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
+        let merge = req
+            .headers()
+            .get("content-type")
+            .is_some_and(|c| c.as_bytes() == b"application/merge-patch+json");
         let body = http_body_util::BodyExt::collect(req.into_body())
             .await
             .unwrap()
@@ -139,36 +194,34 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
                 );
                 false
             }
-            (Method::GET, "/apis/hoard.dev/v1beta1/namespaces/demo/repositories/local-repo") => {
-                respond(
-                    send,
-                    StatusCode::OK,
-                    json!({
-                        "apiVersion": "hoard.dev/v1beta1", "kind": "Repository",
-                        "metadata": {"name": "local-repo", "namespace": "demo"},
-                        "spec": {"backend": {"storageSecretName": "repo-secret",
-                            "local": {"hostPath": {"path": "/var/hoard/repo"}, "mountPath": "/repo"}}}
-                    }),
-                );
+            (Method::GET, p)
+                if Some(p)
+                    == w.repository["metadata"]["name"]
+                        .as_str()
+                        .map(|n| {
+                            format!("/apis/hoard.dev/v1beta1/namespaces/demo/repositories/{n}")
+                        })
+                        .as_deref() =>
+            {
+                let r = w.repository.clone();
+                respond(send, StatusCode::OK, r);
                 false
             }
-            (Method::GET, "/api/v1/namespaces/hoard-system/secrets/repo-secret") => {
-                use base64::Engine as _;
-                let pw = base64::engine::general_purpose::STANDARD.encode(PASSWORD);
-                respond(
-                    send,
-                    StatusCode::OK,
-                    json!({
-                        "apiVersion": "v1", "kind": "Secret",
-                        "metadata": {"name": "repo-secret", "namespace": "hoard-system"},
-                        "data": {"RESTIC_PASSWORD": pw}
-                    }),
-                );
+            (Method::GET, p)
+                if Some(p)
+                    == w.secret["metadata"]["name"]
+                        .as_str()
+                        .map(|n| format!("/api/v1/namespaces/hoard-system/secrets/{n}"))
+                        .as_deref() =>
+            {
+                let s = w.secret.clone();
+                respond(send, StatusCode::OK, s);
                 false
             }
             (Method::GET, p)
                 if p == format!(
-                    "/apis/hoard.dev/v1beta1/namespaces/demo/{}/status",
+                    "/apis/hoard.dev/{}/namespaces/demo/{}/status",
+                    session_version(&w.session_path),
                     w.session_path
                 ) =>
             {
@@ -178,10 +231,21 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
             }
             (Method::PATCH, p)
                 if p == format!(
-                    "/apis/hoard.dev/v1beta1/namespaces/demo/{}/status",
+                    "/apis/hoard.dev/{}/namespaces/demo/{}/status",
+                    session_version(&w.session_path),
                     w.session_path
                 ) =>
             {
+                if merge {
+                    let patch: Value = serde_json::from_slice(&body).unwrap();
+                    json_patch::merge(&mut w.session, &patch);
+                    w.rv += 1;
+                    let rv = w.rv.to_string();
+                    w.session["metadata"]["resourceVersion"] = json!(rv);
+                    let s = w.session.clone();
+                    respond(send, StatusCode::OK, s);
+                    continue;
+                }
                 let patch: json_patch::Patch = serde_json::from_slice(&body).expect("a JSON patch");
                 if w.inject_conflict && !w.conflicts_injected {
                     // another node's agent writes host-2 just before us
@@ -216,9 +280,57 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
                 assert_eq!(ev["regarding"]["name"], session_name.as_str());
                 assert_eq!(ev["reportingController"], "hoard-agent");
                 let reason = ev["reason"].as_str().unwrap().to_string();
+                let ev_name = ev["metadata"]["name"].as_str().unwrap_or("").to_string();
+                w.event_names.push((ev_name, reason.clone()));
                 w.events.push(reason.clone());
+                if let Some(tx) = &w.event_tx {
+                    let _ = tx.send(reason.clone());
+                }
                 respond(send, StatusCode::CREATED, ev);
-                !reason.ends_with("Started")
+                if !reason.ends_with("Started") {
+                    w.final_events_seen += 1;
+                }
+                w.final_events_seen > w.extra_final_events
+            }
+            // the recorder turns a repeated reason into a series: a PATCH
+            (Method::PATCH, p)
+                if p.starts_with("/apis/events.k8s.io/v1/namespaces/demo/events/") =>
+            {
+                let ev_name = p.rsplit('/').next().unwrap_or("").to_string();
+                let reason = w
+                    .event_names
+                    .iter()
+                    .find(|(n, _)| *n == ev_name)
+                    .map(|(_, r)| r.clone())
+                    .expect("a series update of a posted event");
+                w.events.push(reason.clone());
+                if let Some(tx) = &w.event_tx {
+                    let _ = tx.send(reason.clone());
+                }
+                let ev: Value = serde_json::from_slice(&body).unwrap();
+                respond(send, StatusCode::OK, ev);
+                if !reason.ends_with("Started") {
+                    w.final_events_seen += 1;
+                }
+                w.final_events_seen > w.extra_final_events
+            }
+            (Method::PATCH, p)
+                if Some(p)
+                    == w.repository["metadata"]["name"]
+                        .as_str()
+                        .map(|n| {
+                            format!(
+                                "/apis/hoard.dev/v1beta1/namespaces/demo/repositories/{n}/status"
+                            )
+                        })
+                        .as_deref() =>
+            {
+                assert!(merge, "the Repository status is merge-patched");
+                let patch: Value = serde_json::from_slice(&body).unwrap();
+                json_patch::merge(&mut w.repository, &patch);
+                let r = w.repository.clone();
+                respond(send, StatusCode::OK, r);
+                false
             }
             (m, p) => panic!("unexpected request {m} {p}?{query}"),
         };
@@ -279,6 +391,9 @@ async fn backup_session_host_status_merges_with_other_agents() {
         log: vec![],
         events: vec![],
         conflicts_injected: false,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
+        ..Default::default()
     }));
     let server = tokio::spawn(api_server(handle, world.clone()));
     let bs: api::BackupSession = serde_json::from_value(session).unwrap();
@@ -451,6 +566,9 @@ async fn restore_session_restores_a_held_pod_and_releases_it() {
         log: vec![],
         events: vec![],
         conflicts_injected: false,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
+        ..Default::default()
     }));
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let mut kubelet = Kubelet::new(&kroot);
@@ -563,6 +681,9 @@ async fn deployment_is_backed_up_by_exactly_one_agent() {
             log: vec![],
             events: vec![],
             conflicts_injected: false,
+            repository: local_repository(),
+            secret: repo_secret(&[]),
+            ..Default::default()
         }));
         let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let mut kubelet = Kubelet::new(t.path().join(node));
@@ -632,7 +753,8 @@ async fn a_host_left_running_by_a_previous_agent_process_is_marked_failed() {
         "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
         "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "4"},
         "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}},
-        "status": {"phase": "Running", "stats": [{"hostname": "host-0", "phase": "Running"}]}
+        "status": {"phase": "Running", "stats": [{"hostname": "host-0", "phase": "Running",
+            "target": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web"}}]}
     });
     let world = Arc::new(std::sync::Mutex::new(World {
         config: config(),
@@ -645,6 +767,9 @@ async fn a_host_left_running_by_a_previous_agent_process_is_marked_failed() {
         log: vec![],
         events: vec![],
         conflicts_injected: false,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
+        ..Default::default()
     }));
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let agent = Agent::new(
@@ -681,4 +806,828 @@ async fn a_host_left_running_by_a_previous_agent_process_is_marked_failed() {
         "no new transfer was started: {:?}",
         w.log
     );
+}
+
+/// A StatefulSet host backed up into an S3 repository (moto on 127.0.0.1):
+/// the `Repository`'s s3 section (endpoint, bucket, prefix, region) and the
+/// Secret's Stash-named keys reach the engine, and the real restic reads
+/// the snapshot back from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_into_an_s3_repository_that_restic_reads() {
+    let moto = moto::start();
+    moto.create_bucket("hoard");
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let restic_repo = format!("s3:{endpoint}/hoard/demo/web");
+    // the repository exists (initialized by `hoard init` earlier)
+    let init_repo = restic_repo.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut creds = engine::backend::location::Credentials::default();
+        creds.insert("AWS_ACCESS_KEY_ID", "testing");
+        creds.insert("AWS_SECRET_ACCESS_KEY", "testing");
+        let backend = engine::backend::location::open_repo_string(&init_repo, &creds).unwrap();
+        Repository::init(
+            backend,
+            PASSWORD,
+            InitOptions {
+                kdf: KdfParams::insecure_fast(),
+                chunker_polynomial: None,
+            },
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    let data = kroot.join("pods/uid-0/volumes/kubernetes.io~empty-dir/data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("a"), "alpha").unwrap();
+    std::fs::write(data.join("sub/b"), "beta".repeat(10_000)).unwrap();
+
+    let mut cfg = config();
+    cfg["spec"]["repository"]["name"] = json!("s3-repo");
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: cfg,
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        inject_conflict: false,
+        session: session.clone(),
+        rv: 1,
+        log: vec![],
+        events: vec![],
+        conflicts_injected: false,
+        repository: json!({
+            "apiVersion": "hoard.dev/v1beta1", "kind": "Repository",
+            "metadata": {"name": "s3-repo", "namespace": "demo"},
+            "spec": {"backend": {"storageSecretName": "repo-secret",
+                "s3": {"endpoint": endpoint, "bucket": "hoard", "prefix": "/demo/web/", "region": "us-east-1"}}}
+        }),
+        secret: repo_secret(&[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ]),
+        ..Default::default()
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        Kubelet::new(&kroot),
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("the agent finished the host within the deadline")
+        .unwrap();
+    {
+        let w = world.lock().unwrap();
+        let h0 = &w.session["status"]["stats"][0];
+        assert_eq!(h0["hostname"], "host-0");
+        assert_eq!(h0["phase"], "Succeeded", "{h0}");
+        assert_eq!(w.events, ["HostBackupStarted", "HostBackupSucceeded"]);
+        // no credential value reached the status or an event
+        let status = w.session.to_string();
+        assert!(!status.contains("testing"), "{status}");
+    }
+
+    // restic reads what the agent wrote into the bucket
+    let out = tokio::task::spawn_blocking(move || {
+        let snaps: Value = serde_json::from_slice(&moto::restic(
+            &restic_repo,
+            PASSWORD,
+            &["snapshots", "--json"],
+        ))
+        .unwrap();
+        moto::restic(&restic_repo, PASSWORD, &["check", "--read-data"]);
+        let a = moto::restic(
+            &restic_repo,
+            PASSWORD,
+            &["dump", "latest", "/source/data/a"],
+        );
+        let b = moto::restic(
+            &restic_repo,
+            PASSWORD,
+            &["dump", "latest", "/source/data/sub/b"],
+        );
+        (snaps, a, b)
+    })
+    .await
+    .unwrap();
+    let (snaps, a, b) = out;
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+    assert_eq!(snaps[0]["hostname"], "host-0");
+    assert_eq!(snaps[0]["paths"], json!(["/source/data"]));
+    assert_eq!(a, b"alpha");
+    assert_eq!(b, "beta".repeat(10_000).as_bytes());
+}
+
+/// A Repository in namespace demo naming a hoard-system Secret that does
+/// not list demo in `hoard.dev/allowed-namespaces`: the host fails saying
+/// how to allow it, and no data is read or written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_not_shared_with_the_namespace_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    std::fs::create_dir_all(kroot.join("pods/uid-0/volumes/kubernetes.io~empty-dir/data")).unwrap();
+    let mut secret = repo_secret(&[]);
+    secret["metadata"]["annotations"]["hoard.dev/allowed-namespaces"] = json!("prod, staging");
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: config(),
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        inject_conflict: false,
+        session: session.clone(),
+        rv: 1,
+        log: vec![],
+        events: vec![],
+        conflicts_injected: false,
+        repository: local_repository(),
+        secret,
+        ..Default::default()
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut kubelet = Kubelet::new(&kroot);
+    kubelet.host_root = Some(t.path().join("host"));
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        kubelet,
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("bounded in time")
+        .unwrap();
+    let w = world.lock().unwrap();
+    assert_eq!(w.events, ["HostBackupStarted", "HostBackupFailed"]);
+    let h0 = &w.session["status"]["stats"][0];
+    assert_eq!(h0["phase"], "Failed");
+    assert_eq!(
+        h0["error"],
+        "Secret hoard-system/repo-secret may not be used by Repository \"local-repo\" in namespace demo: add demo to the Secret's hoard.dev/allowed-namespaces annotation (comma-separated, or *)"
+    );
+    assert!(!t.path().join("host/var/hoard/repo").exists());
+}
+
+/// After the session succeeded, the agent that backed up its first host
+/// applies `keepLast: 1` to the configuration's snapshots (another
+/// configuration's snapshot in the same repository is left alone), prunes
+/// (restic check --read-data passes afterwards), records
+/// the outcome in `status.retention`, posts an event and writes the
+/// `Repository` status. An agent on another node that ran no host of the
+/// session makes no request at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_runs_once_after_a_successful_session() {
+    use nodeagent::work::{HostProgress, HostVolume, TransferSettings, run_backup_host};
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    let data = kroot.join("pods/uid-0/volumes/kubernetes.io~empty-dir/data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a"), "today").unwrap();
+    let host_root = t.path().join("host");
+    let repo_dir = host_root.join("var/hoard/repo");
+    let repo = Repository::init(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+    // two earlier backups of this configuration's host-0, one of another's
+    let old = t.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    for (i, cfg) in ["ss-backup", "other", "ss-backup"].iter().enumerate() {
+        std::fs::write(old.join("a"), format!("day {i}")).unwrap();
+        let settings = TransferSettings {
+            tags: vec![
+                format!("backupconfiguration={cfg}"),
+                "target=StatefulSet/web".into(),
+            ],
+            ..Default::default()
+        };
+        let r = run_backup_host(
+            &repo,
+            "host-0",
+            &[HostVolume {
+                volume: "data".into(),
+                snapshot_path: "/source/data".into(),
+                dir: nodeagent::beneath::SecureDir::open_root(&old).unwrap(),
+            }],
+            &settings,
+            &HostProgress::default(),
+        );
+        assert!(r.error.is_none());
+    }
+    drop(repo);
+
+    let mut cfg = config();
+    cfg["spec"]["retentionPolicy"] = json!({"name": "keep-last", "keepLast": 1, "prune": true});
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let (event_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: cfg,
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        session: session.clone(),
+        rv: 1,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
+        extra_final_events: 1,
+        event_tx: Some(event_tx),
+        ..Default::default()
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut kubelet = Kubelet::new(&kroot);
+    kubelet.host_root = Some(host_root.clone());
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        kubelet,
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(120), events.recv())
+            .await
+            .expect("the backup finished in time");
+        if ev.as_deref() == Some("HostBackupSucceeded") {
+            break;
+        }
+    }
+    // the controllers roll the session up to Succeeded; every agent sees it
+    let succeeded = {
+        let mut w = world.lock().unwrap();
+        w.session["status"]["phase"] = json!("Succeeded");
+        w.session.clone()
+    };
+    let bs: api::BackupSession = serde_json::from_value(succeeded.clone()).unwrap();
+    agent.handle_backup_session(bs.clone()).await.unwrap();
+    // a repeated watch event starts nothing twice
+    agent.handle_backup_session(bs.clone()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("retention finished in time")
+        .unwrap();
+
+    {
+        let w = world.lock().unwrap();
+        assert_eq!(
+            w.events,
+            [
+                "HostBackupStarted",
+                "HostBackupSucceeded",
+                "RetentionApplied"
+            ]
+        );
+        let r = &w.session["status"]["retention"];
+        assert_eq!(r["phase"], "Succeeded", "{r}");
+        assert_eq!(r["dryRun"], false);
+        assert_eq!(r["snapshotsRemoved"], 2, "{r}");
+        assert_eq!(r["snapshotsKept"], 1, "{r}");
+        assert_eq!(r["node"], "node-a");
+        // the two forgotten snapshots' packs held nothing else
+        assert_eq!(r["pruned"], true, "{r}");
+        assert!(r["bytesFreed"].as_i64().unwrap() > 0, "{r}");
+        assert!(
+            r["message"].as_str().unwrap().contains("prune freed"),
+            "{r}"
+        );
+        assert!(r["startTime"].is_string() && r["completionTime"].is_string());
+        assert!(r.get("error").is_none());
+        let rs = &w.repository["status"];
+        assert_eq!(rs["snapshotCount"], 2, "{rs}");
+        assert_eq!(rs["snapshotsRemovedOnLastCleanup"], 2);
+        assert!(rs["totalSizeBytes"].as_i64().unwrap() > 0);
+        assert!(rs["lastBackupTime"].is_string() && rs["firstBackupTime"].is_string());
+        let merges = w
+            .log
+            .iter()
+            .filter(|(m, p)| m == "PATCH" && p.ends_with("/backupsessions/bs-1/status"))
+            .count();
+        assert_eq!(
+            merges, 4,
+            "Running, Succeeded (host), Running, outcome (retention)"
+        );
+    }
+
+    let repo = Repository::open(Arc::new(LocalBackend::new(&repo_dir)), PASSWORD).unwrap();
+    let left: Vec<(String, String)> = repo
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(_, s)| (s.tags[0].clone(), s.time.to_rfc3339()))
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(left[0].0, "backupconfiguration=other");
+    assert_eq!(left[1].0, "backupconfiguration=ss-backup");
+    drop(repo);
+    // restic agrees the pruned repository is whole
+    let out = std::process::Command::new("restic")
+        .args(["-r"])
+        .arg(&repo_dir)
+        .args(["--no-cache", "check", "--read-data"])
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .output()
+        .expect("run restic (scripts/install-deps installs it)");
+    assert!(
+        out.status.success(),
+        "restic check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // node-b's agent ran no host of this session: it only looks
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let other = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-b".into(),
+        "hoard-system".into(),
+        Kubelet::new(&kroot),
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    other.handle_backup_session(bs).await.unwrap();
+    drop(other);
+    assert!(
+        handle.next_request().await.is_none(),
+        "no request from an agent that does not own retention"
+    );
+}
+
+/// Seed 000's StatefulSet Recovery: `podOrdinal: 1` → host-1's latest
+/// backup is restored, by the agent on web-1's node, into the hostPath under
+/// the agent's allowed recovery root; the status has the path's phase and
+/// duration, and events say it started and succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_restores_a_statefulset_host_into_a_host_path() {
+    use nodeagent::work::{HostProgress, HostVolume, TransferSettings, run_backup_host};
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    std::fs::create_dir_all(kroot.join("pods")).unwrap();
+    let host_root = t.path().join("host");
+    let repo_dir = host_root.join("var/hoard/repo");
+    let repo = Repository::init(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+    // host-1's backup (and host-0's, which must not be restored)
+    for (host, content) in [("host-1", "rows of web-1"), ("host-0", "rows of web-0")] {
+        let src = t.path().join(host);
+        std::fs::create_dir_all(src.join("db")).unwrap();
+        std::fs::write(src.join("db/rows"), content).unwrap();
+        let r = run_backup_host(
+            &repo,
+            host,
+            &[HostVolume {
+                volume: "data".into(),
+                snapshot_path: "/source/data".into(),
+                dir: nodeagent::beneath::SecureDir::open_root(&src).unwrap(),
+            }],
+            &TransferSettings::default(),
+            &HostProgress::default(),
+        );
+        assert!(r.error.is_none());
+    }
+    drop(repo);
+
+    let recovery = json!({
+        "apiVersion": "hoard.dev/v1alpha1", "kind": "Recovery",
+        "metadata": {"name": "rec-1", "namespace": "demo", "uid": "rec-uid", "resourceVersion": "1"},
+        "spec": {
+            "restic": "ss-backup",
+            "workload": {"kind": "Statefulset", "name": "web"},
+            "podOrdinal": 1,
+            "volumes": [{"name": "data", "hostPath": {"path": "/var/lib/hoard/recovery/web-1"}}]
+        }
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: config(),
+        node_scoped: Some("node-a".into()),
+        session_path: "recoveries/rec-1".into(),
+        pods: vec![pod("web-1", "uid-1", "node-a")],
+        session: recovery.clone(),
+        rv: 1,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
+        ..Default::default()
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut kubelet = Kubelet::new(&kroot);
+    kubelet.host_root = Some(host_root.clone());
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        kubelet,
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let rec: api::Recovery = serde_json::from_value(recovery.clone()).unwrap();
+    agent.handle_recovery(rec.clone()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("the recovery finished in time")
+        .unwrap();
+
+    assert_eq!(
+        std::fs::read_to_string(host_root.join("var/lib/hoard/recovery/web-1/db/rows")).unwrap(),
+        "rows of web-1"
+    );
+    {
+        let w = world.lock().unwrap();
+        assert_eq!(w.events, ["RecoveryStarted", "RecoverySucceeded"]);
+        let st = &w.session["status"];
+        assert_eq!(st["phase"], "Succeeded", "{st}");
+        assert_eq!(st["stats"][0]["path"], "/source/data");
+        assert_eq!(st["stats"][0]["phase"], "Succeeded");
+        assert!(st["stats"][0]["duration"].is_string());
+    }
+
+    // the agent on another node (web-1 is not there) leaves it alone
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let other = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-b".into(),
+        "hoard-system".into(),
+        Kubelet::new(&kroot),
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let pods = vec![pod("web-1", "uid-1", "node-a")];
+    let lister = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.uri().path(), "/api/v1/namespaces/demo/pods");
+        respond(
+            send,
+            StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}),
+        );
+        handle.next_request().await.is_none()
+    });
+    other.handle_recovery(rec).await.unwrap();
+    drop(other);
+    assert!(lister.await.unwrap(), "node-b's agent only listed pods");
+}
+
+/// The pod is deleted while its host is being backed up: the host fails at
+/// once saying so (no hang, no cryptic "volume not found" from the
+/// kubelet's cleanup), and the session gets the failure event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_deleted_mid_backup_fails_its_host_clearly() {
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    let pod_dir = kroot.join("pods/uid-0");
+    let data = pod_dir.join("volumes/kubernetes.io~empty-dir/data");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..200 {
+        std::fs::write(data.join(format!("f{i}")), format!("{i}").repeat(5000)).unwrap();
+    }
+    let host_root = t.path().join("host");
+    Repository::init(
+        Arc::new(LocalBackend::new(host_root.join("var/hoard/repo"))),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let (event_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: config(),
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        session: session.clone(),
+        rv: 1,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
+        event_tx: Some(event_tx),
+        ..Default::default()
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut kubelet = Kubelet::new(&kroot);
+    kubelet.host_root = Some(host_root);
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        kubelet,
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    let started = tokio::time::timeout(Duration::from_secs(60), events.recv())
+        .await
+        .unwrap();
+    assert_eq!(started.as_deref(), Some("HostBackupStarted"));
+    // the pod watch reports the deletion; the kubelet then removes the pod's directory
+    agent.pod_gone("uid-0");
+    std::fs::remove_dir_all(&pod_dir).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the host failed promptly instead of hanging")
+        .unwrap();
+    let w = world.lock().unwrap();
+    assert_eq!(w.events, ["HostBackupStarted", "HostBackupFailed"]);
+    let h0 = &w.session["status"]["stats"][0];
+    assert_eq!(h0["phase"], "Failed");
+    assert_eq!(
+        h0["error"],
+        "pod demo/web-0 was deleted while its volumes were being backed up; the transfer of this host was stopped (the repository stays valid)"
+    );
+}
+
+/// Batch backup (seed 004): two Deployments in one configuration are both
+/// `host-0`; the agent backs up each (claims are per target) and their
+/// status entries stay apart (merged by hostname and target).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_targets_sharing_host_0_are_both_backed_up() {
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    let host_root = t.path().join("host");
+    let repo_dir = host_root.join("var/hoard/repo");
+    Repository::init(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+    let dep_pod = |app: &str, uid: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{app}-5f7c-aaaa"), "namespace": "demo", "uid": uid,
+                "labels": {"pod-template-hash": "5f7c"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{app}-5f7c"), "uid": "rs", "controller": true}]},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "x",
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                "volumes": [{"name": "data", "emptyDir": {}}]},
+            "status": {"phase": "Running"}
+        })
+    };
+    for (app, uid) in [("a", "uid-a"), ("b", "uid-b")] {
+        let d = kroot.join(format!("pods/{uid}/volumes/kubernetes.io~empty-dir/data"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("f"), format!("data of {app}")).unwrap();
+    }
+    let mut cfg = config();
+    let target =
+        |n: &str| json!({"ref": {"apiVersion": "apps/v1", "kind": "Deployment", "name": n}});
+    cfg["spec"]["target"] = target("a");
+    cfg["spec"]["targets"] = json!([target("b")]);
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: cfg,
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![dep_pod("a", "uid-a"), dep_pod("b", "uid-b")],
+        session: session.clone(),
+        rv: 1,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
+        extra_final_events: 1,
+        ..Default::default()
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut kubelet = Kubelet::new(&kroot);
+    kubelet.host_root = Some(host_root);
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        kubelet,
+        2,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("both hosts finished in time")
+        .unwrap();
+    {
+        let w = world.lock().unwrap();
+        let mut entries: Vec<(String, String, String)> = w.session["status"]["stats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["hostname"].as_str().unwrap().to_string(),
+                    e["target"]["name"].as_str().unwrap().to_string(),
+                    e["phase"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        entries.sort();
+        assert_eq!(
+            entries,
+            [
+                ("host-0".into(), "a".into(), "Succeeded".into()),
+                ("host-0".into(), "b".into(), "Succeeded".into())
+            ]
+        );
+    }
+    let repo = Repository::open(Arc::new(LocalBackend::new(&repo_dir)), PASSWORD).unwrap();
+    let mut targets: Vec<String> = repo
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(_, s)| s.tags[1].clone())
+        .collect();
+    targets.sort();
+    assert_eq!(targets, ["target=Deployment/a", "target=Deployment/b"]);
+}
+
+/// An S3 store whose certificate comes from a private CA (an in-cluster
+/// MinIO, here moto over HTTPS): with the CA in the Secret's CA_CERT_DATA
+/// the agent backs up into it, and restic (told the same CA) reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_into_s3_behind_a_private_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let t = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // distinct names: OpenSSL (curl, restic's Go TLS is fine either way)
+    // calls a leaf whose issuer equals its subject self-signed
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "hoard test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (ca_pem, cert_file, key_file, ca_file) = (
+        ca_cert.pem(),
+        t.path().join("tls.crt"),
+        t.path().join("tls.key"),
+        t.path().join("ca.crt"),
+    );
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+
+    let moto = moto::start_tls(&cert_file, &key_file);
+    moto::create_bucket_tls(moto.port, &ca_file, "private");
+    let endpoint = format!("https://127.0.0.1:{}", moto.port);
+    let restic_repo = format!("s3:{endpoint}/private/demo");
+    let mut creds = engine::backend::location::Credentials::default();
+    creds.insert("AWS_ACCESS_KEY_ID", "testing");
+    creds.insert("AWS_SECRET_ACCESS_KEY", "testing");
+    let cfg_s3 = engine::backend::location::ObjectStoreConfig {
+        kind: engine::backend::location::ObjectStoreKind::S3,
+        bucket: "private".into(),
+        prefix: "demo".into(),
+        endpoint: Some(endpoint.clone()),
+        region: None,
+    };
+    let pem = ca_pem.clone();
+    tokio::task::spawn_blocking(move || {
+        let backend = nodeagent::repo::s3_with_ca(&cfg_s3, &creds, &pem).unwrap();
+        Repository::init(
+            backend,
+            PASSWORD,
+            InitOptions {
+                kdf: KdfParams::insecure_fast(),
+                chunker_polynomial: None,
+            },
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+
+    let kroot = t.path().join("kubelet");
+    let data = kroot.join("pods/uid-0/volumes/kubernetes.io~empty-dir/data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a"), "behind a private CA").unwrap();
+    let mut cfg = config();
+    cfg["spec"]["repository"]["name"] = json!("minio-repo");
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: cfg,
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        session: session.clone(),
+        rv: 1,
+        repository: json!({
+            "apiVersion": "hoard.dev/v1beta1", "kind": "Repository",
+            "metadata": {"name": "minio-repo", "namespace": "demo"},
+            "spec": {"backend": {"storageSecretName": "repo-secret",
+                "s3": {"endpoint": endpoint, "bucket": "private", "prefix": "demo"}}}
+        }),
+        secret: repo_secret(&[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("CA_CERT_DATA", &ca_pem),
+        ]),
+        ..Default::default()
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        Kubelet::new(&kroot),
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("the agent finished the host within the deadline")
+        .unwrap();
+    {
+        let w = world.lock().unwrap();
+        let h0 = &w.session["status"]["stats"][0];
+        assert_eq!(h0["phase"], "Succeeded", "{h0}");
+    }
+    let ca_arg = ca_file.display().to_string();
+    let a = tokio::task::spawn_blocking(move || {
+        moto::restic(
+            &restic_repo,
+            PASSWORD,
+            &["--cacert", &ca_arg, "dump", "latest", "/source/data/a"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(a, b"behind a private CA");
 }

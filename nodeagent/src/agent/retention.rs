@@ -1,0 +1,353 @@
+//! Retention after a `BackupSession` succeeded, and the `Repository` status.
+//!
+//! Data flow: the session turns `Succeeded` (the controllers roll it up) →
+//! every agent sees it; only the one that backed up its first host
+//! ([`retention_owner`]) and has not started it yet goes on →
+//! `status.retention` = Running → on a transfer thread: open the repository,
+//! [`apply_retention`] (forget under the engine's exclusive lock, prune if
+//! asked), [`summarize`] → `status.retention` = outcome, an event, and the
+//! `Repository`'s status (snapshot count, size, first/last backup).
+//!
+//! Exactly one agent: the owner is computed from the session's status, the
+//! same on every node, and one agent ran that host. Never two at once on a
+//! repository: forget holds the exclusive repository lock (as restic's
+//! does), so a concurrent forget/prune — or a backup, which holds a shared
+//! lock — makes it wait and retry ([`LOCK_RETRIES`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use api::{BackupConfiguration, BackupSession, Phase, RetentionStatus};
+
+use super::{Agent, HostFailure, priority_of};
+use crate::retention::{
+    RepoSummary, RetentionError, RetentionReport, apply_retention, prune_after_forget,
+    retention_owner, summarize,
+};
+use crate::work::human_bytes;
+
+/// Attempts while the repository is locked by someone else (a backup of
+/// another session holds a shared lock for its whole run).
+pub const LOCK_RETRIES: u32 = 8;
+/// Wait before retry n: `n × LOCK_RETRY_STEP`, at most 2 minutes (≈ 12
+/// minutes in all: longer than most incremental backups).
+pub const LOCK_RETRY_STEP: Duration = Duration::from_secs(30);
+
+mod reason {
+    pub const APPLIED: &str = "RetentionApplied";
+    pub const DRY_RUN: &str = "RetentionDryRun";
+    pub const FAILED: &str = "RetentionFailed";
+}
+
+/// Why retention did not complete.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Host(#[from] HostFailure),
+    #[error(transparent)]
+    Retention(#[from] RetentionError),
+    #[error(
+        "the repository stayed locked by another operation for {LOCK_RETRIES} attempts ({holder}); the policy is applied again after the next successful session"
+    )]
+    Locked { holder: String },
+    #[error("reading BackupConfiguration {0}")]
+    Config(String),
+}
+
+impl Failure {
+    fn reason(&self) -> &'static str {
+        match self {
+            Failure::Host(h) => h.reason(),
+            Failure::Retention(r) => crate::work::repo_reason(r.engine()),
+            Failure::Locked { .. } => "repository_locked",
+            Failure::Config(_) => "kubernetes_api",
+        }
+    }
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn time_of(t: chrono::DateTime<chrono::FixedOffset>) -> Option<Time> {
+    k8s_openapi::jiff::Timestamp::new(t.timestamp(), t.timestamp_subsec_nanos() as i32)
+        .ok()
+        .map(Time)
+}
+
+fn count(n: usize) -> Option<i64> {
+    Some(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// The status of a finished run.
+fn outcome_status(
+    policy: Option<&api::RetentionPolicy>,
+    r: &Result<(Option<RetentionReport>, RepoSummary), Failure>,
+) -> RetentionStatus {
+    let mut st = RetentionStatus {
+        completion_time: Some(now()),
+        ..Default::default()
+    };
+    match r {
+        Err(f) => {
+            st.phase = Some(Phase::Failed);
+            st.error = Some(f.to_string());
+        }
+        Ok((None, _)) => {
+            st.phase = Some(Phase::Skipped);
+            st.message = Some(
+                "the BackupConfiguration has no retentionPolicy (or none with a keep rule): every snapshot is kept".into(),
+            );
+        }
+        Ok((Some(rep), _)) => {
+            st.phase = Some(Phase::Succeeded);
+            st.dry_run = Some(rep.dry_run);
+            st.snapshots_kept = count(rep.kept);
+            st.snapshots_removed = count(rep.removed);
+            st.pruned = Some(rep.pruned_bytes.is_some());
+            st.bytes_freed = rep
+                .pruned_bytes
+                .map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+            st.message = Some(if rep.dry_run {
+                format!(
+                    "dry run: {} snapshots would be removed, {} kept; nothing was changed",
+                    rep.removed, rep.kept
+                )
+            } else {
+                let mut m = format!("{} snapshots removed, {} kept", rep.removed, rep.kept);
+                if let Some(b) = rep.pruned_bytes {
+                    m.push_str(&format!("; prune freed {}", human_bytes(b)));
+                } else if policy.is_some_and(|p| p.prune.unwrap_or(false)) {
+                    m.push_str("; nothing to prune");
+                }
+                m
+            });
+        }
+    }
+    st
+}
+
+impl Agent {
+    /// Starts retention for a `Succeeded` session if this agent owns it
+    /// (see the module docs). Returns at once; the work runs in a task.
+    pub(super) fn maybe_apply_retention(self: &Arc<Self>, bs: &BackupSession) {
+        let Some(status) = bs.status.as_ref() else {
+            return;
+        };
+        if status.retention.is_some() {
+            return;
+        }
+        let Some((host, target)) = retention_owner(status.stats.as_deref().unwrap_or_default())
+        else {
+            return;
+        };
+        let uid = bs.uid().unwrap_or_default();
+        let (kind, name) = target.map(|t| (t.kind, t.name)).unwrap_or_default();
+        let mine = self
+            .backed_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(uid.clone(), host, kind, name));
+        // decided once: the session's entries are not needed any more
+        self.forget_backed_up(&uid);
+        if !mine
+            || !self
+                .retention_started
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(uid)
+        {
+            return;
+        }
+        let (agent, bs) = (self.clone(), bs.clone());
+        tokio::spawn(async move { agent.run_retention(&bs).await });
+    }
+
+    /// Drops what this process remembers about the hosts it backed up in
+    /// session `uid` (the session finished; the set must not grow forever).
+    pub(super) fn forget_backed_up(&self, uid: &str) {
+        self.backed_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(u, ..)| u != uid);
+    }
+
+    async fn write_retention(&self, bs: &BackupSession, st: &RetentionStatus) {
+        let api: Api<BackupSession> =
+            Api::namespaced(self.client.clone(), &bs.namespace().unwrap_or_default());
+        let body = json!({"status": {"retention": st}});
+        if let Err(e) = api
+            .patch_status(
+                &bs.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&body),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, session = %bs.name_any(), "writing status.retention failed");
+        }
+    }
+
+    async fn run_retention(self: &Arc<Self>, bs: &BackupSession) {
+        let ns = bs.namespace().unwrap_or_default();
+        let session = bs.name_any();
+        let cfg_name = bs.spec.invoker.name.clone();
+        let cfg = Api::<BackupConfiguration>::namespaced(self.client.clone(), &ns)
+            .get(&cfg_name)
+            .await
+            .map_err(|e| Failure::Config(format!("{ns}/{cfg_name}: {e}")));
+        let policy = cfg
+            .as_ref()
+            .ok()
+            .and_then(|c| c.spec.retention_policy.clone());
+        self.write_retention(
+            bs,
+            &RetentionStatus {
+                phase: Some(Phase::Running),
+                dry_run: policy.as_ref().and_then(|p| p.dry_run),
+                node: Some(self.node.clone()),
+                start_time: Some(now()),
+                ..Default::default()
+            },
+        )
+        .await;
+        tracing::info!(%ns, %session, config = %cfg_name, "applying retention");
+        let repo_name = cfg.as_ref().ok().map(|c| c.spec.repository.name.clone());
+        let result = match cfg {
+            Ok(cfg) => self.retention_transfer(&ns, &cfg).await,
+            Err(e) => Err(e),
+        };
+        let mut st = outcome_status(policy.as_ref(), &result);
+        st.node = Some(self.node.clone());
+        // `write_retention` is a merge patch: start_time stays.
+        self.write_retention(bs, &st).await;
+        match &result {
+            Ok((report, summary)) => {
+                // The Repository first, the event last: a watcher that
+                // saw the event finds the status already written.
+                let removed = report.as_ref().filter(|r| !r.dry_run).map(|r| r.removed);
+                if let Some(repo) = &repo_name {
+                    self.write_repository_status(&ns, repo, summary, removed)
+                        .await;
+                }
+                if let Some(rep) = report {
+                    let r = if rep.dry_run {
+                        reason::DRY_RUN
+                    } else {
+                        reason::APPLIED
+                    };
+                    let note = st.message.clone().unwrap_or_default();
+                    self.event(bs, false, r, note).await;
+                }
+            }
+            Err(f) => {
+                tracing::warn!(%ns, %session, error = %f, "retention failed");
+                self.metrics.record_failure("retention", f.reason());
+                self.event(bs, true, reason::FAILED, f.to_string()).await;
+            }
+        }
+    }
+
+    /// Opens the repository and applies the policy on a transfer thread,
+    /// retrying while another operation holds the repository lock.
+    async fn retention_transfer(
+        self: &Arc<Self>,
+        ns: &str,
+        cfg: &BackupConfiguration,
+    ) -> Result<(Option<RetentionReport>, RepoSummary), Failure> {
+        let access = self
+            .repo_access(ns, &cfg.spec.repository.name)
+            .await
+            .map_err(Failure::Host)?;
+        let priority = priority_of(cfg.spec.runtime_settings.as_ref());
+        let policy = cfg.spec.retention_policy.clone();
+        let applies = policy
+            .as_ref()
+            .is_some_and(|p| crate::retention::engine_policy(p).is_some());
+        let config = cfg.name_any();
+        // A forget that succeeded is not repeated when only its prune
+        // found the repository locked.
+        let mut forgotten: Option<RetentionReport> = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (access, policy, config) = (access.clone(), policy.clone(), config.clone());
+            let prior = forgotten.clone();
+            let (report, r) = self
+                .transfers
+                .run("hoard-retention", priority, move || {
+                    let repo = match access.open() {
+                        Ok(r) => r,
+                        Err(e) => return (prior, Err(Failure::Host(e.into()))),
+                    };
+                    let mut report = match (prior, policy.filter(|_| applies)) {
+                        (Some(r), _) => Some(r),
+                        (None, Some(p)) => match apply_retention(&repo, &config, &p) {
+                            Ok(r) => Some(r),
+                            Err(e) => return (None, Err(e.into())),
+                        },
+                        (None, None) => None,
+                    };
+                    if let Some(rep) = report.as_mut().filter(|r| r.prune_due)
+                        && let Err(e) = prune_after_forget(&repo, rep)
+                    {
+                        return (report, Err(e.into()));
+                    }
+                    let summary = summarize(&repo).map_err(|e| RetentionError::Snapshots(e).into());
+                    (report, summary)
+                })
+                .await
+                .map_err(|e| Failure::Host(HostFailure::from(e)))?;
+            match r {
+                Err(Failure::Retention(e))
+                    if matches!(e.engine(), engine::Error::Locked { .. }) =>
+                {
+                    let holder = e.engine().to_string();
+                    if attempt >= LOCK_RETRIES {
+                        return Err(Failure::Locked { holder });
+                    }
+                    tracing::info!(attempt, %holder, "repository locked; retention retries");
+                    forgotten = report;
+                    tokio::time::sleep((LOCK_RETRY_STEP * attempt).min(Duration::from_secs(120)))
+                        .await;
+                }
+                Err(f) => return Err(f),
+                Ok(summary) => return Ok((report, summary)),
+            }
+        }
+    }
+
+    /// The `Repository`'s status after a session: counts and sizes for
+    /// `kubectl get repo`. A merge patch: the controllers' fields
+    /// (conditions, integrity) are left alone.
+    async fn write_repository_status(
+        &self,
+        ns: &str,
+        repo: &str,
+        s: &RepoSummary,
+        removed: Option<usize>,
+    ) {
+        let st = api::RepositoryStatus {
+            snapshot_count: count(s.snapshot_count),
+            total_size: Some(human_bytes(s.total_bytes)),
+            total_size_bytes: Some(i64::try_from(s.total_bytes).unwrap_or(i64::MAX)),
+            first_backup_time: s.first_backup.and_then(time_of),
+            last_backup_time: s.last_backup.and_then(time_of),
+            snapshots_removed_on_last_cleanup: removed.and_then(count),
+            ..Default::default()
+        };
+        let api: Api<api::Repository> = Api::namespaced(self.client.clone(), ns);
+        let body = json!({ "status": st });
+        if let Err(e) = api
+            .patch_status(repo, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
+            tracing::warn!(error = %e, repository = %repo, "writing Repository status failed");
+        }
+    }
+}
