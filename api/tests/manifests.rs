@@ -523,7 +523,9 @@ fn agent_daemonset_is_scoped_and_unprivileged() {
             "--namespace",
             "hoard-system",
             "--admin-listen",
-            "0.0.0.0:9091"
+            "0.0.0.0:9091",
+            "--host-root",
+            "/host"
         ]
     );
     assert_eq!(c.command.as_deref().unwrap(), ["/usr/local/bin/hoard"]);
@@ -578,16 +580,25 @@ fn agent_daemonset_is_scoped_and_unprivileged() {
         vol.host_path.as_ref().unwrap().path,
         "/var/lib/kubelet/pods"
     );
-    // The only host path the agent gets.
-    assert_eq!(
-        spec.volumes
-            .as_ref()
-            .unwrap()
-            .iter()
-            .filter(|v| v.host_path.is_some())
-            .count(),
-        1
-    );
+    // The only host paths the agent gets: the kubelet's pods and Hoard's
+    // own /var/lib/hoard (hostPath repositories, Recovery targets), never /.
+    let mut host_paths: Vec<&str> = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.host_path.as_ref().map(|h| h.path.as_str()))
+        .collect();
+    host_paths.sort();
+    assert_eq!(host_paths, ["/var/lib/hoard", "/var/lib/kubelet/pods"]);
+    let data = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.mount_path == "/host/var/lib/hoard")
+        .expect("/var/lib/hoard mounted under the --host-root");
+    assert!(data.mount_propagation.is_none());
 }
 
 #[test]

@@ -614,6 +614,8 @@ macro_rules! session_status {
                     conditions: self.conditions,
                 }
             }
+            // Restore sessions have no agent-only fields: the update is a no-op there.
+            #[allow(clippy::needless_update)]
             fn from_parts(p: SessionParts<$host>) -> Self {
                 Self {
                     phase: p.phase,
@@ -623,6 +625,9 @@ macro_rules! session_status {
                     stats: p.stats,
                     message: p.message,
                     conditions: p.conditions,
+                    // Fields only the agents write (retention) are not
+                    // part of the roll-up; its merge patch omits them.
+                    ..Default::default()
                 }
             }
         }
