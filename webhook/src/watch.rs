@@ -88,6 +88,16 @@ pub fn restore_summary(rs: &RestoreSession) -> Option<RestoreSummary> {
     if rs.spec.driver() != Driver::Restic {
         return None;
     }
+    // With volumeClaimTemplates the controllers restore into new PVCs
+    // through their own worker pods (which carry the init-container from
+    // birth); the target's existing pods must not be held.
+    if target
+        .volume_claim_templates
+        .as_ref()
+        .is_some_and(|v| !v.is_empty())
+    {
+        return None;
+    }
     let r = &target.target_ref;
     let kind = kind_from_ref(&r.api_version, &r.kind)?;
     let status = rs.status.as_ref();
@@ -391,6 +401,14 @@ mod tests {
         assert!(
             restore_summary(&snap).is_none(),
             "no pod is held for snapshot restores"
+        );
+        let mut into_new_claims = rs.clone();
+        into_new_claims.spec.target.volume_claim_templates = Some(vec![
+            k8s_openapi::api::core::v1::PersistentVolumeClaim::default(),
+        ]);
+        assert!(
+            restore_summary(&into_new_claims).is_none(),
+            "restores into volumeClaimTemplates go through worker pods, the target's pods are not held"
         );
         let mut done = rs;
         done.status.as_mut().unwrap().phase = Some(Phase::Succeeded);
