@@ -171,6 +171,16 @@ impl PackWriter {
         Self::default()
     }
 
+    /// A writer whose buffer is allocated once, for `bytes` of blobs and
+    /// header: filling it to the target size then never copies it into a
+    /// doubled allocation (prune's repack fills every pack it writes).
+    pub fn with_capacity(bytes: usize) -> Self {
+        PackWriter {
+            buf: Vec::with_capacity(bytes),
+            blobs: Vec::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.buf.len()
     }

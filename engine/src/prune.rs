@@ -51,6 +51,20 @@ pub const DEFAULT_MAX_UNUSED_PERCENT: f64 = 5.0;
 /// few-KiB packs an incremental backup of a quiet volume writes are).
 pub const SMALL_PACK_SIZE: u64 = TARGET_PACK_SIZE as u64 / 4;
 
+/// A repack pack's buffer: the target size plus room for the blob that
+/// crosses it (usually small) and the header, so it is never regrown.
+const REPACK_BUFFER: usize = TARGET_PACK_SIZE + (1 << 20);
+
+/// Largest read from a pack being repacked: small enough that the reading
+/// threads hold little memory, large enough that a pack takes few requests.
+const REPACK_READ: usize = 4 << 20;
+
+/// Threads copying blobs during a repack. Measured on the bench (2 cores):
+/// one thread was as fast as two (the work is reads and hashing of data
+/// that stays in cache; the writer is shared anyway) and peaked 30 MiB
+/// lower (57 vs 87 MiB, restic 80–112 MiB).
+const REPACK_THREADS: usize = 1;
+
 /// Concurrent deletions/reads: object stores are latency-bound, so a few
 /// requests in flight hide the round trips; more gains little.
 const IO_THREADS: usize = 8;
@@ -750,7 +764,7 @@ impl Writers {
             let mut slot = self.open[r.blob_type as usize]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let w = slot.get_or_insert_with(PackWriter::new);
+            let w = slot.get_or_insert_with(|| PackWriter::with_capacity(REPACK_BUFFER));
             w.add(r.blob_type, r.id, raw, r.uncompressed_length)?;
             if w.is_full() { slot.take() } else { None }
         };
@@ -797,18 +811,29 @@ fn repack(
     if let Some(cb) = opts.progress.as_ref().filter(|_| total > 0) {
         cb(PruneEvent::Repacking { done: 0, total });
     }
-    par_for_each(&work, cpu_threads(), |p| {
+    par_for_each(&work, REPACK_THREADS, |p| {
         let needed: Vec<&Rec> = plan.by_pack[p.start..p.end]
             .iter()
             .filter(|&&r| plan.copy.get(r as usize))
             .map(|&r| &plan.recs[r as usize])
             .collect();
-        if let (Some(first), Some(last)) = (needed.first(), needed.last()) {
-            let start = u64::from(first.offset);
+        // Read runs of needed blobs of at most REPACK_READ bytes at a time
+        // (one blob may be larger): one request per run, bounded memory.
+        let file = FileType::Pack.rel_path(&p.id.to_hex());
+        let mut i = 0;
+        while i < needed.len() {
+            let start = u64::from(needed[i].offset);
+            let mut j = i + 1;
+            while j < needed.len()
+                && u64::from(needed[j].offset) + u64::from(needed[j].length) - start
+                    <= REPACK_READ as u64
+            {
+                j += 1;
+            }
+            let last = needed[j - 1];
             let end = u64::from(last.offset) + u64::from(last.length);
             let buf = repo.read_pack_range(&p.id, start, end - start)?;
-            let file = FileType::Pack.rel_path(&p.id.to_hex());
-            for r in needed {
+            for r in &needed[i..j] {
                 let at = (u64::from(r.offset) - start) as usize;
                 let raw = &buf[at..at + r.length as usize];
                 // Never carry a damaged blob into a new pack: decrypt,
@@ -816,6 +841,7 @@ fn repack(
                 blob::decode(repo.key(), &r.id, raw, r.uncompressed_length, &file)?;
                 writers.add(repo, r, raw)?;
             }
+            i = j;
         }
         let d = done.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(cb) = &opts.progress {
