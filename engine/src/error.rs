@@ -47,7 +47,7 @@ pub enum Error {
     InvalidId { text: String },
 
     #[error(
-        "repository is locked exclusively by {holder}; wait for it to finish (or remove a stale lock with `restic unlock`)"
+        "repository is in use: {holder}; wait for it to finish (locks of dead processes, or not refreshed for 30 minutes, are removed automatically; `hoard unlock --remove-all` removes the rest)"
     )]
     Locked { holder: String },
 

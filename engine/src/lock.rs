@@ -64,7 +64,12 @@ impl LockFile {
 
     fn describe(&self) -> String {
         format!(
-            "{}@{} (pid {}, since {})",
+            "{} lock of {}@{} (pid {}, since {})",
+            if self.exclusive {
+                "an exclusive"
+            } else {
+                "a shared"
+            },
             self.username,
             self.hostname,
             self.pid,
