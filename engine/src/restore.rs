@@ -40,7 +40,7 @@ pub struct RestoreOptions {
     /// Leave holes for all-zero blobs.
     pub sparse: bool,
     pub priority: Priority,
-    /// Writer threads; 0 = one per CPU.
+    /// Writer threads; 0 = two per CPU (at least 4, at most 16).
     pub threads: usize,
 }
 
@@ -164,9 +164,15 @@ pub fn restore(
             .collect(),
     };
     let workers = if opts.threads == 0 {
+        // Writing small files is syscall-bound (create, write, chown,
+        // chmod, utimens, close per file), and on real disks those block:
+        // twice the CPUs keeps the cores busy while some writers wait
+        // (restic runs 8 restore workers). Memory: each writer holds at
+        // most one read of MAX_READ bytes plus one decoded blob.
         std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
+            .map(|n| n.get() * 2)
+            .unwrap_or(4)
+            .clamp(4, 16)
     } else {
         opts.threads
     };
