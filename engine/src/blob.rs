@@ -44,6 +44,22 @@ pub const MAX_BLOB_PLAINTEXT: usize = 1 << 30;
 
 thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    /// One decompression context per thread: creating one per blob cost 5 %
+    /// of a restore's CPU on small files.
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match d.as_mut() {
+            Some(dec) => dec.decompress(data, capacity),
+            None => zstd::bulk::decompress(data, capacity),
+        }
+    })
 }
 
 fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
@@ -116,7 +132,7 @@ pub fn decode(
                     format!("blob {id}: uncompressed length {ul} is implausible"),
                 ));
             }
-            let out = zstd::bulk::decompress(&pt, ul)
+            let out = decompress(&pt, ul)
                 .map_err(|e| Error::corrupted(file, format!("blob {id}: zstd: {e}")))?;
             if out.len() != ul {
                 return Err(Error::corrupted(
