@@ -244,16 +244,28 @@ impl Dir {
 
     /// Create a new regular file for writing; whatever had the name before
     /// is unlinked first, never opened.
+    ///
+    /// `O_CREAT | O_EXCL` never opens an existing entry (not even through a
+    /// symlink), so the common case, a name that does not exist yet, costs
+    /// one call; only when it exists is it unlinked and the create retried.
     pub fn create_file(&self, name: &[u8]) -> io::Result<File> {
-        self.remove_non_dir(name)?;
         let c = cname(name)?;
-        let fd = rustix::fs::openat2(
-            &self.fd,
-            &*c,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-            RESOLVE,
-        )?;
+        let create = || {
+            rustix::fs::openat2(
+                &self.fd,
+                &*c,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+                RESOLVE,
+            )
+        };
+        let fd = match create() {
+            Err(rustix::io::Errno::EXIST) => {
+                self.remove_non_dir(name)?;
+                create()?
+            }
+            other => other?,
+        };
         Ok(File::from(fd))
     }
 
