@@ -9,8 +9,9 @@
 //! planned snapshots with [`engine::forget::forget`] under the engine's
 //! exclusive repository lock → [`prune_after_forget`] if
 //! `retentionPolicy.prune` and something was removed (as `restic forget
-//! --prune`) → [`summarize`] the
-//! repository for its status.
+//! --prune`) → [`summarize`] the repository for its status →
+//! [`check_integrity`] (`restic check` without `--read-data`: index, pack
+//! headers, trees) for its `integrity`.
 
 use chrono::{DateTime, FixedOffset};
 use engine::Repository;
@@ -199,6 +200,75 @@ pub fn summarize(repo: &Repository) -> Result<RepoSummary, engine::Error> {
         last_backup: snaps.last().map(|(_, s)| s.time),
         total_bytes: total,
     })
+}
+
+/// What the structure check after retention found, for the `Repository`
+/// status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Integrity {
+    /// No errors (hints, such as packs no index lists, are allowed).
+    pub ok: bool,
+    pub errors: usize,
+    pub hints: usize,
+    /// One line: the counts and the first problem with the file it concerns.
+    pub message: String,
+}
+
+/// The check could not run (e.g. a prune holds the exclusive lock).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CheckFailed {
+    /// Bounded, for the failures metric.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The status message is one line of at most this many characters.
+pub const INTEGRITY_MESSAGE_MAX: usize = 1024;
+
+/// Checks the repository's structure (blocking; holds a shared lock, so
+/// backups may run meanwhile).
+pub fn check_integrity(repo: &Repository) -> Result<Integrity, CheckFailed> {
+    let opts = engine::check::CheckOptions::default();
+    engine::check::check(repo, &opts, &engine::progress::Progress::new())
+        .map(|r| integrity_of(&r))
+        .map_err(|e| CheckFailed {
+            reason: crate::work::repo_reason(&e),
+            message: format!("checking the repository: {e}"),
+        })
+}
+
+/// [`Integrity`] of a check's report.
+pub fn integrity_of(r: &engine::check::CheckReport) -> Integrity {
+    let errors = r.errors().count();
+    let hints = r.problems.len() - errors;
+    let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
+    // errors come first in the report
+    let mut message = match r.problems.first() {
+        None => format!(
+            "no problems: {}, {}, {} checked",
+            plural(r.stats.packs as usize, "pack"),
+            plural(r.stats.snapshots as usize, "snapshot"),
+            plural(r.stats.trees as usize, "tree"),
+        ),
+        Some(first) if errors > 0 => format!(
+            "{} and {}; first: {first}",
+            plural(errors, "error"),
+            plural(hints, "hint")
+        ),
+        Some(first) => format!("no errors, {}; first: {first}", plural(hints, "hint")),
+    }
+    .replace('\n', " ");
+    if let Some((cut, _)) = message.char_indices().nth(INTEGRITY_MESSAGE_MAX - 1) {
+        message.truncate(cut);
+        message.push('…');
+    }
+    Integrity {
+        ok: errors == 0,
+        errors,
+        hints,
+        message,
+    }
 }
 
 #[cfg(test)]
