@@ -251,6 +251,9 @@ pub fn integrity_of(r: &engine::check::CheckReport) -> Integrity {
             plural(r.stats.snapshots as usize, "snapshot"),
             plural(r.stats.trees as usize, "tree"),
         ),
+        Some(first) if errors > 0 && hints == 0 => {
+            format!("{}; first: {first}", plural(errors, "error"))
+        }
         Some(first) if errors > 0 => format!(
             "{} and {}; first: {first}",
             plural(errors, "error"),
@@ -323,6 +326,57 @@ mod tests {
         let e = engine_policy(&p).unwrap();
         assert_eq!((e.keep_last, e.keep_daily), (3, 0));
         assert_eq!(e.keep_tags, ["golden"]);
+    }
+
+    fn problem(kind: engine::check::ProblemKind, file: &str, msg: &str) -> engine::check::Problem {
+        engine::check::Problem {
+            kind,
+            file: file.into(),
+            blob: None,
+            snapshot: None,
+            path: None,
+            message: msg.into(),
+        }
+    }
+
+    /// The status line: counts, then the first problem with its file; hints
+    /// alone keep the repository whole; one line, bounded.
+    #[test]
+    fn integrity_message_names_the_first_problem() {
+        use engine::check::{CheckReport, ProblemKind::*};
+        let mut r = CheckReport::default();
+        r.stats.packs = 3;
+        r.stats.snapshots = 1;
+        r.stats.trees = 2;
+        let i = integrity_of(&r);
+        assert!(i.ok);
+        assert_eq!(
+            i.message,
+            "no problems: 3 packs, 1 snapshot, 2 trees checked"
+        );
+
+        r.problems = vec![
+            problem(PackMissing, "data/ab/ab12", "indexed pack is missing"),
+            problem(PackSizeMismatch, "data/cd/cd34", "size 10,\nexpected 20"),
+            problem(PackNotInIndex, "data/ef/ef56", "not in any index"),
+        ];
+        let i = integrity_of(&r);
+        assert!(!i.ok);
+        assert_eq!((i.errors, i.hints), (2, 1));
+        assert_eq!(
+            i.message,
+            "2 errors and 1 hint; first: error: data/ab/ab12: indexed pack is missing"
+        );
+
+        r.problems = vec![problem(PackNotInIndex, "data/ef/ef56", &"x\n".repeat(2000))];
+        let i = integrity_of(&r);
+        assert!(i.ok, "hints do not fail the check");
+        assert!(
+            i.message
+                .starts_with("no errors, 1 hint; first: hint: data/ef/ef56: x x")
+        );
+        assert!(!i.message.contains('\n'));
+        assert_eq!(i.message.chars().count(), INTEGRITY_MESSAGE_MAX);
     }
 
     /// Three snapshots of two batch targets (both `host-0`, same path) and
