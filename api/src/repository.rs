@@ -160,6 +160,12 @@ pub struct RepositoryStatus {
     /// Result of the last integrity check (`check`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integrity: Option<bool>,
+    /// What the last integrity check found, in one line: the number of
+    /// errors and hints and the first problem, naming the repository file
+    /// (e.g. the missing pack `data/ab/ab12…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrity_message: Option<String>,
+    /// When the last integrity check ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

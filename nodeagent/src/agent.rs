@@ -341,6 +341,8 @@ impl Agent {
                 "Restore".into()
             } else if reason.starts_with("Retention") {
                 "Retention".into()
+            } else if reason.starts_with("Integrity") {
+                "Check".into()
             } else if reason.starts_with("Recovery") {
                 "Recovery".into()
             } else {

@@ -17,8 +17,9 @@
 //!                      metrics, hold: restore marker for the waiting
 //!                      init-container
 //! session Succeeded ── retention: the agent that ran the first host forgets
-//!                      (and prunes) per the policy, writes status.retention
-//!                      and the Repository's status
+//!                      (and prunes) per the policy, checks the repository's
+//!                      structure, writes status.retention and the
+//!                      Repository's status (counts, size, integrity)
 //! Recovery ─────────── recovery: the host's agent restores into hostPaths
 //!                      below --recovery-allowed-path (openat2 beneath)
 //! ```

@@ -10,18 +10,56 @@
 //! [`crate::work::TransferError::reason`] — never error text.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::work::{HostBackupReport, HostRestoreReport};
+
+/// `stale_locks_removed_total`: [`engine::lock::stale_locks_removed`] (a
+/// process-wide count the engine keeps), read at each scrape.
+struct StaleLocks {
+    counter: IntCounter,
+    /// Serializes scrapes so that two never add the same delta.
+    sync: Mutex<()>,
+}
+
+impl StaleLocks {
+    fn new() -> StaleLocks {
+        StaleLocks {
+            counter: must(IntCounter::new(
+                "stale_locks_removed_total",
+                "Stale repository locks (restic's or hoard's, left by a crashed or killed process) this agent removed automatically",
+            )),
+            sync: Mutex::new(()),
+        }
+    }
+}
+
+impl Collector for StaleLocks {
+    fn desc(&self) -> Vec<&Desc> {
+        self.counter.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        let now = engine::lock::stale_locks_removed();
+        let seen = self.counter.get();
+        if now > seen {
+            self.counter.inc_by(now - seen);
+        }
+        self.counter.collect()
+    }
+}
 
 /// Every metric the agent exports.
 #[derive(Clone, Debug)]
@@ -133,6 +171,7 @@ impl Metrics {
         must(r.register(Box::new(m.bytes_per_second.clone())));
         must(r.register(Box::new(m.nice.clone())));
         must(r.register(Box::new(m.ionice_class.clone())));
+        must(r.register(Box::new(StaleLocks::new())));
         // RSS, CPU seconds, open fds (procfs)
         let _ = r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

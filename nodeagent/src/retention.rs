@@ -9,8 +9,9 @@
 //! planned snapshots with [`engine::forget::forget`] under the engine's
 //! exclusive repository lock → [`prune_after_forget`] if
 //! `retentionPolicy.prune` and something was removed (as `restic forget
-//! --prune`) → [`summarize`] the
-//! repository for its status.
+//! --prune`) → [`summarize`] the repository for its status →
+//! [`check_integrity`] (`restic check` without `--read-data`: index, pack
+//! headers, trees) for its `integrity`.
 
 use chrono::{DateTime, FixedOffset};
 use engine::Repository;
@@ -201,6 +202,78 @@ pub fn summarize(repo: &Repository) -> Result<RepoSummary, engine::Error> {
     })
 }
 
+/// What the structure check after retention found, for the `Repository`
+/// status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Integrity {
+    /// No errors (hints, such as packs no index lists, are allowed).
+    pub ok: bool,
+    pub errors: usize,
+    pub hints: usize,
+    /// One line: the counts and the first problem with the file it concerns.
+    pub message: String,
+}
+
+/// The check could not run (e.g. a prune holds the exclusive lock).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CheckFailed {
+    /// Bounded, for the failures metric.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The status message is one line of at most this many characters.
+pub const INTEGRITY_MESSAGE_MAX: usize = 1024;
+
+/// Checks the repository's structure (blocking; holds a shared lock, so
+/// backups may run meanwhile).
+pub fn check_integrity(repo: &Repository) -> Result<Integrity, CheckFailed> {
+    let opts = engine::check::CheckOptions::default();
+    engine::check::check(repo, &opts, &engine::progress::Progress::new())
+        .map(|r| integrity_of(&r))
+        .map_err(|e| CheckFailed {
+            reason: crate::work::repo_reason(&e),
+            message: format!("checking the repository: {e}"),
+        })
+}
+
+/// [`Integrity`] of a check's report.
+pub fn integrity_of(r: &engine::check::CheckReport) -> Integrity {
+    let errors = r.errors().count();
+    let hints = r.problems.len() - errors;
+    let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
+    // errors come first in the report
+    let mut message = match r.problems.first() {
+        None => format!(
+            "no problems: {}, {}, {} checked",
+            plural(r.stats.packs as usize, "pack"),
+            plural(r.stats.snapshots as usize, "snapshot"),
+            plural(r.stats.trees as usize, "tree"),
+        ),
+        Some(first) if errors > 0 && hints == 0 => {
+            format!("{}; first: {first}", plural(errors, "error"))
+        }
+        Some(first) if errors > 0 => format!(
+            "{} and {}; first: {first}",
+            plural(errors, "error"),
+            plural(hints, "hint")
+        ),
+        Some(first) => format!("no errors, {}; first: {first}", plural(hints, "hint")),
+    }
+    .replace('\n', " ");
+    if let Some((cut, _)) = message.char_indices().nth(INTEGRITY_MESSAGE_MAX - 1) {
+        message.truncate(cut);
+        message.push('…');
+    }
+    Integrity {
+        ok: errors == 0,
+        errors,
+        hints,
+        message,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +326,57 @@ mod tests {
         let e = engine_policy(&p).unwrap();
         assert_eq!((e.keep_last, e.keep_daily), (3, 0));
         assert_eq!(e.keep_tags, ["golden"]);
+    }
+
+    fn problem(kind: engine::check::ProblemKind, file: &str, msg: &str) -> engine::check::Problem {
+        engine::check::Problem {
+            kind,
+            file: file.into(),
+            blob: None,
+            snapshot: None,
+            path: None,
+            message: msg.into(),
+        }
+    }
+
+    /// The status line: counts, then the first problem with its file; hints
+    /// alone keep the repository whole; one line, bounded.
+    #[test]
+    fn integrity_message_names_the_first_problem() {
+        use engine::check::{CheckReport, ProblemKind::*};
+        let mut r = CheckReport::default();
+        r.stats.packs = 3;
+        r.stats.snapshots = 1;
+        r.stats.trees = 2;
+        let i = integrity_of(&r);
+        assert!(i.ok);
+        assert_eq!(
+            i.message,
+            "no problems: 3 packs, 1 snapshot, 2 trees checked"
+        );
+
+        r.problems = vec![
+            problem(PackMissing, "data/ab/ab12", "indexed pack is missing"),
+            problem(PackSizeMismatch, "data/cd/cd34", "size 10,\nexpected 20"),
+            problem(PackNotInIndex, "data/ef/ef56", "not in any index"),
+        ];
+        let i = integrity_of(&r);
+        assert!(!i.ok);
+        assert_eq!((i.errors, i.hints), (2, 1));
+        assert_eq!(
+            i.message,
+            "2 errors and 1 hint; first: error: data/ab/ab12: indexed pack is missing"
+        );
+
+        r.problems = vec![problem(PackNotInIndex, "data/ef/ef56", &"x\n".repeat(2000))];
+        let i = integrity_of(&r);
+        assert!(i.ok, "hints do not fail the check");
+        assert!(
+            i.message
+                .starts_with("no errors, 1 hint; first: hint: data/ef/ef56: x x")
+        );
+        assert!(!i.message.contains('\n'));
+        assert_eq!(i.message.chars().count(), INTEGRITY_MESSAGE_MAX);
     }
 
     /// Three snapshots of two batch targets (both `host-0`, same path) and

@@ -45,6 +45,11 @@ async fn metrics_after_a_backup() {
             )
             .unwrap(),
         );
+        // a lock left by a crashed process 31 minutes ago: the backup's lock
+        // removes it (restic's rule), and the scrape counts it
+        let mut stale = engine::lock::LockFile::new(true);
+        stale.time = chrono::Local::now().fixed_offset() - chrono::Duration::minutes(31);
+        repo.save_json(engine::FileType::Lock, "lock", &stale).unwrap();
         let metrics = Metrics::new();
         let transfers = Transfers::new(1, Some(metrics.clone()));
         let health = Health::default();
@@ -84,11 +89,24 @@ async fn metrics_after_a_backup() {
             "hoard_agent_transfers_queued 0".to_string(),
             "process_resident_memory_bytes".to_string(),
             "process_open_fds".to_string(),
+            "# TYPE hoard_agent_stale_locks_removed_total counter".to_string(),
         ] {
             assert!(body.contains(&want), "missing {want} in:\n{body}");
         }
         assert!(body.contains(r#"hoard_agent_last_success_timestamp_seconds{host="host-0",namespace="demo",op="backup",target="Deployment/app"}"#));
         assert!(body.contains(&format!("hoard_agent_bytes_added_total{{{l}}}")));
+        let removed: u64 = body
+            .lines()
+            .find_map(|l| l.strip_prefix("hoard_agent_stale_locks_removed_total "))
+            .expect("the stale-lock counter is exported")
+            .parse()
+            .unwrap();
+        assert_eq!(removed, engine::lock::stale_locks_removed());
+        assert!(removed >= 1, "the stale lock was removed and counted: {removed}");
+        assert!(
+            repo.backend().list(engine::FileType::Lock).unwrap().is_empty(),
+            "the stale lock is gone"
+        );
         server.abort();
     })
     .await

@@ -277,7 +277,16 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
             (Method::POST, "/apis/events.k8s.io/v1/namespaces/demo/events") => {
                 let ev: Value = serde_json::from_slice(&body).unwrap();
                 let session_name = w.session_path.rsplit('/').next().unwrap().to_string();
-                assert_eq!(ev["regarding"]["name"], session_name.as_str());
+                // events are about the session, or (integrity) its Repository
+                let about = if ev["regarding"]["kind"] == "Repository" {
+                    w.repository["metadata"]["name"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                } else {
+                    session_name
+                };
+                assert_eq!(ev["regarding"]["name"], about.as_str());
                 assert_eq!(ev["reportingController"], "hoard-agent");
                 let reason = ev["reason"].as_str().unwrap().to_string();
                 let ev_name = ev["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -1136,6 +1145,16 @@ async fn retention_runs_once_after_a_successful_session() {
         assert_eq!(rs["snapshotsRemovedOnLastCleanup"], 2);
         assert!(rs["totalSizeBytes"].as_i64().unwrap() > 0);
         assert!(rs["lastBackupTime"].is_string() && rs["firstBackupTime"].is_string());
+        // the structure check after retention found the pruned repository whole
+        assert_eq!(rs["integrity"], true, "{rs}");
+        assert!(
+            rs["integrityMessage"]
+                .as_str()
+                .unwrap()
+                .starts_with("no problems: "),
+            "{rs}"
+        );
+        assert!(rs["lastCheckTime"].is_string(), "{rs}");
         let merges = w
             .log
             .iter()
@@ -1630,4 +1649,130 @@ async fn backup_into_s3_behind_a_private_ca() {
     .await
     .unwrap();
     assert_eq!(a, b"behind a private CA");
+}
+
+/// A pack file deleted from the repository after the backup (a bucket
+/// lifecycle rule, a careless `rm`): the check after retention sets the
+/// `Repository`'s `integrity` to false with a message naming the pack, and
+/// posts a Warning event on the `Repository`; retention itself succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pack_makes_the_repository_integrity_false() {
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    let data = kroot.join("pods/uid-0/volumes/kubernetes.io~empty-dir/data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a"), "today").unwrap();
+    let host_root = t.path().join("host");
+    let repo_dir = host_root.join("var/hoard/repo");
+    Repository::init(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+    let mut cfg = config();
+    cfg["spec"]["retentionPolicy"] = json!({"name": "keep-last", "keepLast": 1});
+    let session = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "1"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let (event_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: cfg,
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        session: session.clone(),
+        rv: 1,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
+        // HostBackupSucceeded, IntegrityCheckFailed, RetentionApplied
+        extra_final_events: 2,
+        event_tx: Some(event_tx),
+        ..Default::default()
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut kubelet = Kubelet::new(&kroot);
+    kubelet.host_root = Some(host_root.clone());
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        kubelet,
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let server = tokio::spawn(api_server(handle, world.clone()));
+    let bs: api::BackupSession = serde_json::from_value(session).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(120), events.recv())
+            .await
+            .expect("the backup finished in time");
+        if ev.as_deref() == Some("HostBackupSucceeded") {
+            break;
+        }
+    }
+    // one of the backup's packs disappears
+    let mut packs: Vec<std::path::PathBuf> = std::fs::read_dir(repo_dir.join("data"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .collect();
+    packs.sort();
+    assert!(!packs.is_empty(), "the backup wrote packs");
+    let gone = &packs[0];
+    let gone_name = gone.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::remove_file(gone).unwrap();
+
+    let succeeded = {
+        let mut w = world.lock().unwrap();
+        w.session["status"]["phase"] = json!("Succeeded");
+        w.session.clone()
+    };
+    let bs: api::BackupSession = serde_json::from_value(succeeded).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("retention and the check finished in time")
+        .unwrap();
+
+    let w = world.lock().unwrap();
+    assert_eq!(
+        w.events,
+        [
+            "HostBackupStarted",
+            "HostBackupSucceeded",
+            "IntegrityCheckFailed",
+            "RetentionApplied"
+        ]
+    );
+    assert_eq!(w.session["status"]["retention"]["phase"], "Succeeded");
+    let rs = &w.repository["status"];
+    assert_eq!(rs["integrity"], false, "{rs}");
+    let msg = rs["integrityMessage"].as_str().unwrap();
+    assert!(msg.contains(&gone_name), "the missing pack is named: {msg}");
+    assert!(msg.contains("error"), "{msg}");
+    assert!(rs["lastCheckTime"].is_string(), "{rs}");
+    assert_eq!(rs["snapshotCount"], 1, "{rs}");
+    // the engine's own check agrees on the pack
+    let repo = Repository::open(Arc::new(LocalBackend::new(&repo_dir)), PASSWORD).unwrap();
+    let report = engine::check::check(
+        &repo,
+        &engine::check::CheckOptions::default(),
+        &engine::progress::Progress::new(),
+    )
+    .unwrap();
+    assert!(
+        report.problems.iter().any(|p| {
+            p.kind == engine::check::ProblemKind::PackMissing && p.file.ends_with(&gone_name)
+        }),
+        "{:?}",
+        report.problems
+    );
 }

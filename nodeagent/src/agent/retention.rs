@@ -5,8 +5,11 @@
 //! ([`retention_owner`]) and has not started it yet goes on →
 //! `status.retention` = Running → on a transfer thread: open the repository,
 //! [`apply_retention`] (forget under the engine's exclusive lock, prune if
-//! asked), [`summarize`] → `status.retention` = outcome, an event, and the
-//! `Repository`'s status (snapshot count, size, first/last backup).
+//! asked), [`summarize`], [`check_integrity`] (structure only, shared lock)
+//! → `status.retention` = outcome, an event, and the `Repository`'s status
+//! (snapshot count, size, first/last backup, `integrity` with a one-line
+//! message and the check time; a Warning event on the `Repository` when the
+//! check found errors).
 //!
 //! Exactly one agent: the owner is computed from the session's status, the
 //! same on every node, and one agent ran that host. Never two at once on a
@@ -26,8 +29,8 @@ use api::{BackupConfiguration, BackupSession, Phase, RetentionStatus};
 
 use super::{Agent, HostFailure, priority_of};
 use crate::retention::{
-    RepoSummary, RetentionError, RetentionReport, apply_retention, prune_after_forget,
-    retention_owner, summarize,
+    CheckFailed, Integrity, RepoSummary, RetentionError, RetentionReport, apply_retention,
+    check_integrity, prune_after_forget, retention_owner, summarize,
 };
 use crate::work::human_bytes;
 
@@ -42,7 +45,17 @@ mod reason {
     pub const APPLIED: &str = "RetentionApplied";
     pub const DRY_RUN: &str = "RetentionDryRun";
     pub const FAILED: &str = "RetentionFailed";
+    /// On the `Repository`: the check after retention found errors.
+    pub const INTEGRITY_FAILED: &str = "IntegrityCheckFailed";
 }
+
+/// What a completed retention run hands on: its report (`None`: no policy
+/// to apply), the repository's summary, and the structure check's outcome.
+type Done = (
+    Option<RetentionReport>,
+    RepoSummary,
+    Result<Integrity, CheckFailed>,
+);
 
 /// Why retention did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +100,7 @@ fn count(n: usize) -> Option<i64> {
 /// The status of a finished run.
 fn outcome_status(
     policy: Option<&api::RetentionPolicy>,
-    r: &Result<(Option<RetentionReport>, RepoSummary), Failure>,
+    r: &Result<Done, Failure>,
 ) -> RetentionStatus {
     let mut st = RetentionStatus {
         completion_time: Some(now()),
@@ -98,13 +111,13 @@ fn outcome_status(
             st.phase = Some(Phase::Failed);
             st.error = Some(f.to_string());
         }
-        Ok((None, _)) => {
+        Ok((None, ..)) => {
             st.phase = Some(Phase::Skipped);
             st.message = Some(
                 "the BackupConfiguration has no retentionPolicy (or none with a keep rule): every snapshot is kept".into(),
             );
         }
-        Ok((Some(rep), _)) => {
+        Ok((Some(rep), ..)) => {
             st.phase = Some(Phase::Succeeded);
             st.dry_run = Some(rep.dry_run);
             st.snapshots_kept = count(rep.kept);
@@ -227,13 +240,29 @@ impl Agent {
         // `write_retention` is a merge patch: start_time stays.
         self.write_retention(bs, &st).await;
         match &result {
-            Ok((report, summary)) => {
+            Ok((report, summary, integrity)) => {
                 // The Repository first, the event last: a watcher that
                 // saw the event finds the status already written.
                 let removed = report.as_ref().filter(|r| !r.dry_run).map(|r| r.removed);
+                let integrity = match integrity {
+                    Ok(i) => {
+                        tracing::info!(%ns, repository = ?repo_name, ok = i.ok, errors = i.errors, hints = i.hints, message = %i.message, "repository checked");
+                        Some(i)
+                    }
+                    Err(e) => {
+                        tracing::warn!(%ns, repository = ?repo_name, error = %e, "the integrity check after retention could not run; status.integrity is left as it was");
+                        self.metrics.record_failure("check", e.reason);
+                        None
+                    }
+                };
                 if let Some(repo) = &repo_name {
-                    self.write_repository_status(&ns, repo, summary, removed)
+                    let written = self
+                        .write_repository_status(&ns, repo, summary, removed, integrity)
                         .await;
+                    if let (Some(obj), Some(i)) = (written, integrity.filter(|i| !i.ok)) {
+                        self.event(&obj, true, reason::INTEGRITY_FAILED, i.message.clone())
+                            .await;
+                    }
                 }
                 if let Some(rep) = report {
                     let r = if rep.dry_run {
@@ -259,7 +288,7 @@ impl Agent {
         self: &Arc<Self>,
         ns: &str,
         cfg: &BackupConfiguration,
-    ) -> Result<(Option<RetentionReport>, RepoSummary), Failure> {
+    ) -> Result<Done, Failure> {
         let access = self
             .repo_access(ns, &cfg.spec.repository.name)
             .await
@@ -298,7 +327,9 @@ impl Agent {
                     {
                         return (report, Err(e.into()));
                     }
-                    let summary = summarize(&repo).map_err(|e| RetentionError::Snapshots(e).into());
+                    let summary = summarize(&repo)
+                        .map(|s| (s, check_integrity(&repo)))
+                        .map_err(|e| RetentionError::Snapshots(e).into());
                     (report, summary)
                 })
                 .await
@@ -317,21 +348,23 @@ impl Agent {
                         .await;
                 }
                 Err(f) => return Err(f),
-                Ok(summary) => return Ok((report, summary)),
+                Ok((summary, integrity)) => return Ok((report, summary, integrity)),
             }
         }
     }
 
     /// The `Repository`'s status after a session: counts and sizes for
-    /// `kubectl get repo`. A merge patch: the controllers' fields
-    /// (conditions, integrity) are left alone.
+    /// `kubectl get repo`, and the check's outcome when it ran. A merge
+    /// patch: the controllers' fields (conditions) are left alone. Returns
+    /// the patched object (for events about it).
     async fn write_repository_status(
         &self,
         ns: &str,
         repo: &str,
         s: &RepoSummary,
         removed: Option<usize>,
-    ) {
+        integrity: Option<&Integrity>,
+    ) -> Option<api::Repository> {
         let st = api::RepositoryStatus {
             snapshot_count: count(s.snapshot_count),
             total_size: Some(human_bytes(s.total_bytes)),
@@ -339,15 +372,22 @@ impl Agent {
             first_backup_time: s.first_backup.and_then(time_of),
             last_backup_time: s.last_backup.and_then(time_of),
             snapshots_removed_on_last_cleanup: removed.and_then(count),
+            integrity: integrity.map(|i| i.ok),
+            integrity_message: integrity.map(|i| i.message.clone()),
+            last_check_time: integrity.map(|_| now()),
             ..Default::default()
         };
         let api: Api<api::Repository> = Api::namespaced(self.client.clone(), ns);
         let body = json!({ "status": st });
-        if let Err(e) = api
+        match api
             .patch_status(repo, &PatchParams::default(), &Patch::Merge(&body))
             .await
         {
-            tracing::warn!(error = %e, repository = %repo, "writing Repository status failed");
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, repository = %repo, "writing Repository status failed");
+                None
+            }
         }
     }
 }
