@@ -286,4 +286,51 @@ fn hoard_and_restic_share_an_s3_repository() {
         "forget released its lock"
     );
     restic(&url, &pw, &["check"]);
+
+    // prune on S3: the forgotten snapshot's own blobs (its a.txt, its trees)
+    // go; with no unused space tolerated their packs are repacked.
+    let pruned = engine::prune::prune(
+        &repo,
+        &engine::prune::PruneOptions {
+            max_unused_percent: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(pruned.blobs_unused >= 2, "{pruned:?}");
+    assert!(pruned.bytes_freed > 0, "{pruned:?}");
+    assert!(
+        be.list(FileType::Lock).unwrap().is_empty(),
+        "prune released its lock"
+    );
+    // hoard's check (all data) and restic's agree the bucket is sound, and
+    // the kept snapshot still restores the big file byte for byte.
+    let repo = Repository::open(be.clone(), PASSWORD).unwrap();
+    let report = engine::check::check(
+        &repo,
+        &engine::check::CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    restic(&url, &pw, &["check", "--read-data"]);
+    let out2 = dir.path().join("restic-out-2");
+    restic(
+        &url,
+        &pw,
+        &[
+            "restore",
+            &second.snapshot_id.to_hex(),
+            "--target",
+            out2.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read(out2.join("data/sub/big.bin")).unwrap(), big);
+    assert_eq!(
+        std::fs::read(out2.join("data/a.txt")).unwrap(),
+        b"changed\n"
+    );
 }
