@@ -151,6 +151,10 @@ pub enum BackupError {
 }
 
 /// One regular file for a reader worker.
+/// Most files, and bytes, the walker hands to a reader at once.
+const BATCH_FILES: usize = 16;
+const BATCH_BYTES: u64 = 1024 * 1024;
+
 struct Job {
     file: std::fs::File,
     size: u64,
@@ -279,7 +283,7 @@ pub fn backup(
     } else {
         opts.threads
     };
-    let (job_tx, job_rx) = sync_channel::<Job>(workers * 2);
+    let (job_tx, job_rx) = sync_channel::<Vec<Job>>(workers * 2);
     let job_rx = Arc::new(Mutex::new(job_rx));
 
     let opts_ref = &opts;
@@ -387,21 +391,23 @@ fn reader_worker(
     repo: &Repository,
     tables: &ChunkerTables,
     opts: &BackupOptions,
-    rx: &Mutex<Receiver<Job>>,
+    rx: &Mutex<Receiver<Vec<Job>>>,
 ) {
     if let Err(e) = crate::priority::apply_to_current_thread(&opts.priority) {
         tracing::warn!(error = %e, "could not lower the reader thread's priority");
     }
     loop {
-        let job = {
+        let batch = {
             let guard = rx.lock().unwrap_or_else(|e| e.into_inner());
             match guard.recv() {
                 Ok(j) => j,
                 Err(_) => return,
             }
         };
-        let outcome = read_file(repo, tables, opts, &job);
-        let _ = job.reply.send((job.slot, outcome));
+        for job in batch {
+            let outcome = read_file(repo, tables, opts, &job);
+            let _ = job.reply.send((job.slot, outcome));
+        }
     }
 }
 
@@ -463,7 +469,7 @@ fn walk_dir(
     dir: &Dir,
     rel: &mut Vec<u8>,
     parent: Option<Id>,
-    jobs: &SyncSender<Job>,
+    jobs: &SyncSender<Vec<Job>>,
 ) -> Result<Tree, BackupError> {
     let opts = sh.opts;
     let parent_nodes: HashMap<Vec<u8>, Node> = parent
@@ -482,6 +488,11 @@ fn walk_dir(
     let (reply_tx, reply_rx) = sync_channel::<(usize, FileOutcome)>(names.len().max(1));
     let mut pending: Vec<Pending> = Vec::new();
     let mut subdirs: Vec<(Vec<u8>, Meta)> = Vec::new();
+    // Files go to the readers in batches (a few small files, or one large
+    // one): one channel hand-off, and one wake-up of a reader, per batch
+    // instead of per file.
+    let mut batch: Vec<Job> = Vec::new();
+    let mut batch_bytes = 0u64;
 
     for name in names {
         if opts.cancel.is_cancelled() {
@@ -545,16 +556,20 @@ fn walk_dir(
                     size: fmeta.size,
                     parent_had: prev.is_some(),
                 });
-                if jobs
-                    .send(Job {
-                        file,
-                        size: fmeta.size,
-                        slot,
-                        reply: reply_tx.clone(),
-                    })
-                    .is_err()
+                batch_bytes += fmeta.size;
+                batch.push(Job {
+                    file,
+                    size: fmeta.size,
+                    slot,
+                    reply: reply_tx.clone(),
+                });
+                if (batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES)
+                    && jobs.send(std::mem::take(&mut batch)).is_err()
                 {
                     return Err(BackupError::Cancelled);
+                }
+                if batch.is_empty() {
+                    batch_bytes = 0;
                 }
             }
             NodeType::Symlink => {
@@ -576,6 +591,9 @@ fn walk_dir(
                 nodes.push(node);
             }
         }
+    }
+    if !batch.is_empty() && jobs.send(batch).is_err() {
+        return Err(BackupError::Cancelled);
     }
     drop(reply_tx);
 
