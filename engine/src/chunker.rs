@@ -20,6 +20,8 @@ use std::io::{self, Read};
 
 /// Smallest chunk restic cuts (except the last chunk of a file).
 pub const MIN_SIZE: usize = 512 * 1024;
+/// Stretches shorter than twice this are scanned as one chain.
+const PARALLEL_SCAN_MIN: usize = 4096;
 /// Largest chunk: a cut is forced here.
 pub const MAX_SIZE: usize = 8 * 1024 * 1024;
 /// Bytes in the rolling-hash window.
@@ -145,18 +147,66 @@ impl ChunkerTables {
             let modt = &*self.modt;
             let shift = self.shift;
             let mask = self.split_mask;
-            let mut d = state.digest;
-            let leaving = &data[start - WINDOW_SIZE..end - WINDOW_SIZE];
-            let entering = &data[start..end];
-            for (i, (&o, &b)) in leaving.iter().zip(entering).enumerate() {
-                d ^= out[o as usize];
+            let step = |d: u64, o: u8, b: u8| {
+                let d = d ^ out[o as usize];
                 let idx = (d >> shift) as u8;
-                d = ((d << 8) | u64::from(b)) ^ modt[idx as usize];
+                ((d << 8) | u64::from(b)) ^ modt[idx as usize]
+            };
+            let mut d = state.digest;
+            // The digest at a position depends only on the window's 64
+            // bytes, so the second half of a long stretch can be hashed
+            // from a fresh warm-up, interleaved with the first half: two
+            // independent dependency chains keep the core's pipeline full
+            // (the single chain waits on each table lookup). The first cut
+            // in order wins, exactly as a one-byte-at-a-time scan finds it.
+            let mut from = start;
+            if end - start >= 2 * PARALLEL_SCAN_MIN {
+                let mid = start + (end - start) / 2;
+                let mut d2 = 0u64;
+                for &b in &data[mid - WINDOW_SIZE..mid] {
+                    d2 = self.append(d2, b);
+                }
+                let (l1, e1) = (
+                    &data[start - WINDOW_SIZE..mid - WINDOW_SIZE],
+                    &data[start..mid],
+                );
+                let (l2, e2) = (&data[mid - WINDOW_SIZE..end - WINDOW_SIZE], &data[mid..end]);
+                let mut second_cut: Option<(usize, u64)> = None;
+                for k in 0..e1.len() {
+                    d = step(d, l1[k], e1[k]);
+                    if d & mask == 0 {
+                        state.digest = d;
+                        state.cut = d;
+                        state.pos = start + k + 1;
+                        return Some(start + k + 1);
+                    }
+                    if second_cut.is_none() {
+                        d2 = step(d2, l2[k], e2[k]);
+                        if d2 & mask == 0 {
+                            second_cut = Some((mid + k + 1, d2));
+                        }
+                    }
+                }
+                if let Some((at, cut)) = second_cut {
+                    state.digest = cut;
+                    state.cut = cut;
+                    state.pos = at;
+                    return Some(at);
+                }
+                // The second half is hashed up to mid + e1.len(); one byte
+                // may remain when the stretch is odd.
+                d = d2;
+                from = mid + e1.len();
+            }
+            let leaving = &data[from - WINDOW_SIZE..end - WINDOW_SIZE];
+            let entering = &data[from..end];
+            for (i, (&o, &b)) in leaving.iter().zip(entering).enumerate() {
+                d = step(d, o, b);
                 if d & mask == 0 {
                     state.digest = d;
                     state.cut = d;
-                    state.pos = start + i + 1;
-                    return Some(start + i + 1);
+                    state.pos = from + i + 1;
+                    return Some(from + i + 1);
                 }
             }
             state.digest = d;
@@ -366,6 +416,59 @@ mod tests {
         let t = ChunkerTables::with_average_bits(TEST_POL, 53).unwrap();
         let data = pseudo_random(3, MAX_SIZE + 1000);
         assert_eq!(chunk_lengths(&t, &data), vec![MAX_SIZE, 1000]);
+    }
+
+    /// The scan one byte at a time (restic's loop), without the two-chain
+    /// interleaving: the reference the fast scan must agree with.
+    fn reference_lengths(t: &ChunkerTables, data: &[u8]) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut rest = data;
+        while !rest.is_empty() {
+            if rest.len() <= MIN_SIZE {
+                out.push(rest.len());
+                break;
+            }
+            let mut d = 0u64;
+            for &b in &rest[MIN_SIZE - WINDOW_SIZE..MIN_SIZE] {
+                d = t.append(d, b);
+            }
+            let mut cut = (d & t.split_mask == 0).then_some(MIN_SIZE);
+            let end = rest.len().min(MAX_SIZE);
+            let mut p = MIN_SIZE;
+            while cut.is_none() && p < end {
+                d ^= t.out[rest[p - WINDOW_SIZE] as usize];
+                d = t.append(d, rest[p]);
+                p += 1;
+                if d & t.split_mask == 0 {
+                    cut = Some(p);
+                }
+            }
+            let n = cut.unwrap_or(end);
+            out.push(n);
+            rest = &rest[n..];
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn interleaved_scan_cuts_where_the_byte_loop_does(
+            seed in any::<u64>(),
+            len in (MIN_SIZE * 2)..(MIN_SIZE * 12),
+            bits in 12u32..22,
+        ) {
+            let t = ChunkerTables::with_average_bits(TEST_POL, bits).unwrap();
+            let data = pseudo_random(seed, len);
+            prop_assert_eq!(chunk_lengths(&t, &data), reference_lengths(&t, &data));
+            // Fed in pieces, as a file is read.
+            let mut fc = FileChunker::new(&t, &data[..], None);
+            let mut got = Vec::new();
+            while let Some(c) = fc.next_chunk().unwrap() {
+                got.push(c.len());
+            }
+            prop_assert_eq!(got, reference_lengths(&t, &data));
+        }
     }
 
     proptest! {
