@@ -181,6 +181,17 @@ impl PackWriter {
         }
     }
 
+    /// A writer that fills `buf` (cleared first): a finished pack's buffer,
+    /// reused so that the allocator does not keep a freed 16–24 MiB block
+    /// per pack (measured: most of a large backup's peak RSS).
+    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        PackWriter {
+            buf,
+            blobs: Vec::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.buf.len()
     }

@@ -30,6 +30,8 @@ use crate::snapshot::{Snapshot, SnapshotFilter};
 /// Blobs per index file written during a session (restic uses the same
 /// bound; it keeps each index file well under restic's 8 MiB guideline).
 pub const INDEX_MAX_BLOBS: usize = 50_000;
+/// Pack buffers kept for reuse: one per concurrent packer is enough.
+const MAX_SPARE_BUFFERS: usize = 4;
 
 /// How many key files to try before giving up (restic stops at 20 too; each
 /// attempt costs one scrypt run).
@@ -109,6 +111,8 @@ pub struct Repository {
     index: RwLock<MemIndex>,
     in_flight: Mutex<HashSet<(BlobType, Id)>>,
     packers: [Mutex<Vec<PackWriter>>; 2],
+    /// Buffers of uploaded packs, for the next packs (see [`PackWriter::with_buffer`]).
+    spare_buffers: Mutex<Vec<Vec<u8>>>,
     unsaved: Mutex<Vec<IndexPack>>,
     compression: Option<i32>,
 }
@@ -150,6 +154,7 @@ impl Repository {
             index: RwLock::new(MemIndex::new()),
             in_flight: Mutex::new(HashSet::new()),
             packers: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
+            spare_buffers: Mutex::new(Vec::new()),
             unsaved: Mutex::new(Vec::new()),
             compression: Some(blob::DEFAULT_COMPRESSION_LEVEL),
         }
@@ -434,7 +439,13 @@ impl Repository {
         };
         let stored_len = enc.bytes.len() as u64;
         let pool = &self.packers[t as usize];
-        let mut packer = lock(pool).pop().unwrap_or_default();
+        let mut packer = match lock(pool).pop() {
+            Some(p) => p,
+            None => lock(&self.spare_buffers)
+                .pop()
+                .map(PackWriter::with_buffer)
+                .unwrap_or_default(),
+        };
         if let Err(e) = packer.add(t, id, &enc.bytes, enc.uncompressed_length) {
             lock(&self.in_flight).remove(&(t, id));
             lock(pool).push(packer);
@@ -467,7 +478,12 @@ impl Repository {
             }
             return Err(e);
         }
-        drop(bytes);
+        {
+            let mut spare = lock(&self.spare_buffers);
+            if spare.len() < MAX_SPARE_BUFFERS {
+                spare.push(bytes);
+            }
+        }
         let ip = IndexPack::from_packed(pack_id, &blobs);
         self.index
             .write()
@@ -501,6 +517,8 @@ impl Repository {
             }
         }
         let rest = std::mem::take(&mut *lock(&self.unsaved));
+        // A long-lived Repository (the agent's) holds no pack buffers between backups.
+        lock(&self.spare_buffers).clear();
         self.write_index(rest)
     }
 
