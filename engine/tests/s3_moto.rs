@@ -7,11 +7,10 @@
 //! `scripts/s3-server --install`) puts it there. Without it the tests fail
 //! with that instruction — they never skip.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+
+mod moto;
 
 use engine::backend::location::{Credentials, Location, open_repo_string};
 use engine::backend::object::ObjectBackend;
@@ -21,70 +20,6 @@ use engine::restore::{RestoreOptions, restore};
 use engine::{Backend, Error, FileType, InitOptions, KdfParams, Repository, SnapshotFilter};
 
 const PASSWORD: &str = "s3-test-password";
-
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_bin() -> PathBuf {
-    let venv = std::env::var_os("HOARD_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-test"));
-    let bin = venv.join("bin/moto_server");
-    assert!(
-        bin.is_file(),
-        "{} not found: the S3 tests need moto's S3 server; run scripts/install-deps (or scripts/s3-server --install)",
-        bin.display()
-    );
-    bin
-}
-
-fn start_moto() -> Moto {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(moto_bin())
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto_server");
-    let moto = Moto { child, port };
-    // Ready when it accepts connections; bounded.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "moto_server did not listen on port {port} within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    moto
-}
-
-/// Creates a bucket with a plain (unsigned) PUT; moto accepts it.
-fn create_bucket(port: u16, bucket: &str) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
-}
 
 fn creds() -> Credentials {
     let mut c = Credentials::default();
@@ -117,8 +52,8 @@ fn restic(repo: &str, pwfile: &Path, args: &[&str]) -> Vec<u8> {
 
 #[test]
 fn backend_round_trips_on_s3() {
-    let moto = start_moto();
-    create_bucket(moto.port, "bkt");
+    let moto = moto::start();
+    moto.create_bucket("bkt");
     let repo = format!("s3:http://127.0.0.1:{}/bkt/some/prefix", moto.port);
     let be = open_repo_string(&repo, &creds()).unwrap();
     assert_eq!(be.location(), repo);
@@ -176,8 +111,8 @@ fn backend_round_trips_on_s3() {
 
 #[test]
 fn hoard_and_restic_share_an_s3_repository() {
-    let moto = start_moto();
-    create_bucket(moto.port, "shared");
+    let moto = moto::start();
+    moto.create_bucket("shared");
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, PASSWORD).unwrap();

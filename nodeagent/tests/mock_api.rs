@@ -17,6 +17,7 @@ use nodeagent::agent::Agent;
 use nodeagent::metrics::Metrics;
 use nodeagent::volumes::Kubelet;
 
+#[path = "../../engine/tests/moto/mod.rs"]
 mod moto;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;

@@ -1,9 +1,13 @@
-//! A real S3-protocol server (moto, from PyPI) on 127.0.0.1 for the agent's
-//! S3 tests, as in `engine/tests/s3_moto.rs`: each test starts its own
+//! A real S3-protocol server (moto, from PyPI) on 127.0.0.1 for the S3
+//! tests of the engine (`s3_moto.rs`) and the agent (`nodeagent/tests`,
+//! which includes this file by path): each test starts its own
 //! `moto_server` on a free port (killed on drop). It is found at
 //! `$HOARD_TEST_VENV/bin/moto_server` or `<workspace>/.venv-test/bin/moto_server`;
 //! `scripts/install-deps` puts it there. Without it the tests fail with that
 //! instruction; they never skip.
+
+// Each test crate uses a subset of these helpers.
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
