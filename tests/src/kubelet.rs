@@ -5,22 +5,41 @@
 //! Data flow per pod of the namespace:
 //!
 //! ```text
-//! watch pods ─> unbound: pick a test node (a DaemonSet pod's node affinity,
-//!   │           else round robin) → POST pods/<name>/binding
-//!   └─> bound to a test node, first seen: create
-//!       <kubelet-root>/pods/<uid>/volumes/kubernetes.io~empty-dir/<vol>
-//!       (kubernetes.io~csi/<pv>/mount for a bound claim) →
-//!       hoard-restore-wait first? status: init running; run the real
-//!         restore-wait with --status-dir = its emptyDir on the node; record
-//!         what the data volumes held when it exited; status: init
-//!         terminated(exit code), then Running when it was 0
-//!       else status: Running, Ready
+//! watch pods ─> unbound, schedulerName hoard-e2e: wait until its claims are
+//!   │           Bound (kube-controller-manager's PV binder) → pick a test node
+//!   │           (a DaemonSet pod's node affinity, a local PV's node, else
+//!   │           round robin) → create its volume directories → POST
+//!   │           pods/<name>/binding
+//!   ├─> bound to a test node, first seen: create
+//!   │   <kubelet-root>/pods/<uid>/volumes/kubernetes.io~empty-dir/<vol>,
+//!   │   kubernetes.io~local-volume/<pv> for a claim bound to a local PV
+//!   │   (filled from the PV's path on the node: the "mount"),
+//!   │   kubernetes.io~csi/<pv>/mount for any other PV →
+//!   │   hoard-restore-wait first? status: init running; run the real
+//!   │     restore-wait with --status-dir = its emptyDir on the node; record
+//!   │     what the data volumes held when it exited; status: init
+//!   │     terminated(exit code), then Running when it was 0 (Failed when it
+//!   │     was not and the pod does not restart)
+//!   │   else status: Running, Ready
+//!   └─> deletionTimestamp set (bound to a test node): stop its containers
+//!       (restore-wait is killed), write local volumes back to their PV's
+//!       path (the "unmount"), DELETE with gracePeriodSeconds=0 and the
+//!       pod's UID as precondition (what the kubelet does once the
+//!       containers are gone), remove its directory.
 //! ```
+//!
+//! Without the last step a pod with a grace period (Hoard's worker pods have
+//! 5 s) would stay `Terminating` forever: the API server removes a bound pod
+//! only when its kubelet confirms with a zero grace period; pods with
+//! `terminationGracePeriodSeconds: 0` (the suite's workloads) are removed at
+//! once. A PVC stays Pending without a provisioner, so the suite creates
+//! each PV itself, pre-bound (`claimRef` on the PV, `volumeName` on the
+//! claim), and the controller manager's PV binder binds the pair.
 //!
 //! The Node objects' Lease and Ready condition are renewed meanwhile, so the
 //! node lifecycle controller never marks them unreachable.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,10 +48,10 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Container, Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Container, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -40,14 +59,20 @@ use tokio::task::JoinHandle;
 
 use crate::FIELD_MANAGER;
 use crate::env::Env;
+use crate::workloads::SCHEDULER;
 
 /// How often the fake nodes' Lease and Ready condition are renewed; the node
-/// lifecycle controller's grace period is 40 s.
+/// lifecycle controller's grace period is 40 s (50 s since v1.32).
 const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How long a pod waits for its claims to be bound before it is scheduled;
+/// the PV binder binds a pre-bound pair within a second or two.
+const CLAIM_BOUND: Duration = Duration::from_secs(60);
 
 /// What a held pod's volumes contained when its `restore-wait` exited.
 #[derive(Debug, Clone)]
 pub struct HoldRecord {
+    /// `--session-uid` of the pod's `restore-wait`.
+    pub session_uid: String,
     pub exit_code: i32,
     /// volume name → (relative file path → content), read at exit time.
     pub volumes: BTreeMap<String, BTreeMap<String, String>>,
@@ -55,24 +80,24 @@ pub struct HoldRecord {
 
 /// A running fake kubelet (one per test namespace).
 pub struct FakeKubelet {
+    kubelet: Arc<Kubelet>,
     task: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
-    holds: Arc<Mutex<BTreeMap<String, HoldRecord>>>,
 }
 
 impl FakeKubelet {
     pub fn start(client: Client, env: Arc<Env>, ns: String) -> FakeKubelet {
-        let holds = Arc::new(Mutex::new(BTreeMap::new()));
-        let k = Kubelet {
+        let k = Arc::new(Kubelet {
             client: client.clone(),
             env: env.clone(),
             ns,
             next: AtomicUsize::new(0),
-            started: Mutex::new(HashSet::new()),
             bound: Mutex::new(HashSet::new()),
-            holds: holds.clone(),
-        };
-        let task = tokio::spawn(Arc::new(k).run());
+            running: Mutex::new(HashMap::new()),
+            stopped: Mutex::new(HashSet::new()),
+            holds: Mutex::new(BTreeMap::new()),
+        });
+        let task = tokio::spawn(k.clone().run());
         let nodes: Vec<String> = env.nodes.iter().map(|n| n.name.clone()).collect();
         let heartbeat = tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
@@ -86,20 +111,39 @@ impl FakeKubelet {
             }
         });
         FakeKubelet {
+            kubelet: k,
             task,
             heartbeat,
-            holds,
         }
     }
 
     /// What pod `name`'s `restore-wait` saw, once it has exited.
     pub fn hold_record(&self, pod: &str) -> Option<HoldRecord> {
-        self.holds.lock().ok()?.get(pod).cloned()
+        self.kubelet.holds.lock().ok()?.get(pod).cloned()
     }
 
+    /// The pods (name, record) whose `restore-wait` waited for session `uid`
+    /// and has exited.
+    pub fn hold_records_of(&self, session_uid: &str) -> Vec<(String, HoldRecord)> {
+        let Ok(holds) = self.kubelet.holds.lock() else {
+            return Vec::new();
+        };
+        holds
+            .iter()
+            .filter(|(_, r)| r.session_uid == session_uid)
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect()
+    }
+
+    /// Stops watching and kills what runs (restore-wait processes).
     pub fn stop(&self) {
         self.task.abort();
         self.heartbeat.abort();
+        if let Ok(mut running) = self.kubelet.running.lock() {
+            for (_, t) in running.drain() {
+                t.abort();
+            }
+        }
     }
 }
 
@@ -204,14 +248,118 @@ pub fn read_tree(dir: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// Makes `to` hold exactly what `from` holds: directories, regular files
+/// (with their permissions) and symbolic links (as links).
+fn mirror(from: &Path, to: &Path) -> std::io::Result<()> {
+    fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+        for e in std::fs::read_dir(from)? {
+            let e = e?;
+            let ft = e.file_type()?;
+            let dst = to.join(e.file_name());
+            if ft.is_dir() {
+                std::fs::create_dir(&dst)?;
+                copy_tree(&e.path(), &dst)?;
+            } else if ft.is_file() {
+                std::fs::copy(e.path(), &dst)?;
+            } else if ft.is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &dst)?;
+            }
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(to)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(e.path())?;
+        } else {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    copy_tree(from, to)
+}
+
+async fn mirror_async(from: PathBuf, to: PathBuf) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        mirror(&from, &to)
+            .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))
+    })
+    .await?
+}
+
+fn lock<T>(m: &Mutex<T>) -> anyhow::Result<std::sync::MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| anyhow::anyhow!("fake kubelet state poisoned by a panic"))
+}
+
+/// A pod volume backed by a claim, resolved to its PersistentVolume.
+struct ClaimVolume {
+    /// The pod's volume name.
+    volume: String,
+    pv: PersistentVolume,
+}
+
+impl ClaimVolume {
+    /// Where the kubelet mounts the PV, relative to the pod's directory
+    /// (kubelet `pkg/volume` layout, as the agent looks it up).
+    fn rel_dir(&self) -> anyhow::Result<String> {
+        let name = self.pv.name_any();
+        let spec = self.pv.spec.as_ref();
+        if spec.and_then(|s| s.local.as_ref()).is_some() {
+            Ok(format!("volumes/kubernetes.io~local-volume/{name}"))
+        } else if spec.and_then(|s| s.host_path.as_ref()).is_some() {
+            anyhow::bail!(
+                "PV {name} is a hostPath PV: a kubelet mounts those straight from the host path, \
+                 with no directory under the pod's volumes; use a local PV (spec.local) in tests"
+            )
+        } else {
+            Ok(format!("volumes/kubernetes.io~csi/{name}/mount"))
+        }
+    }
+
+    /// A local PV's directory on the node (`spec.local.path`).
+    fn backing(&self) -> Option<PathBuf> {
+        self.pv
+            .spec
+            .as_ref()?
+            .local
+            .as_ref()
+            .map(|l| PathBuf::from(&l.path))
+    }
+
+    /// The node a local PV is pinned to (`kubernetes.io/hostname In [x]`).
+    fn pinned_node(&self) -> Option<String> {
+        let terms = &self
+            .pv
+            .spec
+            .as_ref()?
+            .node_affinity
+            .as_ref()?
+            .required
+            .as_ref()?
+            .node_selector_terms;
+        terms.iter().find_map(|t| {
+            t.match_expressions.as_ref()?.iter().find_map(|e| {
+                (e.key == "kubernetes.io/hostname" && e.operator == "In")
+                    .then(|| e.values.as_ref()?.first().cloned())
+                    .flatten()
+            })
+        })
+    }
+}
+
 struct Kubelet {
     client: Client,
     env: Arc<Env>,
     ns: String,
     next: AtomicUsize,
-    started: Mutex<HashSet<String>>,
+    /// Pods (UIDs) being scheduled or bound by this kubelet.
     bound: Mutex<HashSet<String>>,
-    holds: Arc<Mutex<BTreeMap<String, HoldRecord>>>,
+    /// Pods (UIDs) started, with the task that runs them.
+    running: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Pods (UIDs) whose deletion this kubelet completes.
+    stopped: Mutex<HashSet<String>>,
+    holds: Mutex<BTreeMap<String, HoldRecord>>,
 }
 
 impl Kubelet {
@@ -224,7 +372,7 @@ impl Kubelet {
         loop {
             match pods.try_next().await {
                 Ok(Some(pod)) => {
-                    if let Err(e) = self.clone().on_pod(pod).await {
+                    if let Err(e) = self.on_pod(pod) {
                         eprintln!("fake kubelet ({}): {e:#}", self.ns);
                     }
                 }
@@ -234,71 +382,142 @@ impl Kubelet {
         }
     }
 
-    async fn on_pod(self: Arc<Self>, pod: Pod) -> anyhow::Result<()> {
-        if pod.metadata.deletion_timestamp.is_some() {
-            return Ok(());
-        }
+    fn is_test_node(&self, node: &str) -> bool {
+        self.env.nodes.iter().any(|n| n.name == node)
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn on_pod(self: &Arc<Self>, pod: Pod) -> anyhow::Result<()> {
+        let uid = pod.uid().context("pod without uid")?;
         let name = pod.name_any();
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-        let Some(node) = node else {
-            let uid = pod.uid().context("pod without uid")?;
-            let first = self
-                .bound
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?
-                .insert(uid);
-            if !first {
-                return Ok(());
+        let on_test_node = node.as_deref().is_some_and(|n| self.is_test_node(n));
+        if pod.metadata.deletion_timestamp.is_some() {
+            if on_test_node && lock(&self.stopped)?.insert(uid) {
+                let k = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = k.stop_pod(&pod).await {
+                        eprintln!("fake kubelet: cannot finish deleting pod {name}: {e:#}");
+                    }
+                });
             }
-            let node = self.choose_node(&pod);
-            if !self.env.nodes.iter().any(|n| n.name == node) {
-                return Ok(());
-            }
-            // The volume directories exist before the pod is bound, so an
-            // agent that reacts to the binding never finds them missing.
-            if let Err(e) = self.prepare_volumes(&pod, &node).await {
-                eprintln!("fake kubelet: volumes of pod {name}: {e:#}");
-            }
-            let binding = json!({
-                "apiVersion": "v1",
-                "kind": "Binding",
-                "metadata": { "name": name, "namespace": self.ns },
-                "target": { "apiVersion": "v1", "kind": "Node", "name": node },
-            });
-            let api = Api::<Pod>::namespaced(self.client.clone(), &self.ns);
-            // A conflict means it was bound meanwhile; the next event says where.
-            if let Err(e) = api
-                .create_subresource::<_, Value>("binding", &name, &PostParams::default(), &binding)
-                .await
-            {
-                eprintln!("fake kubelet: cannot bind pod {name} to {node}: {e}");
-                // Let the pod's next event try again.
-                if let (Ok(mut b), Some(uid)) = (self.bound.lock(), pod.uid()) {
-                    b.remove(&uid);
-                }
-            }
-            return Ok(());
-        };
-        if !self.env.nodes.iter().any(|n| n.name == node) {
             return Ok(());
         }
-        let uid = pod.uid().context("pod without uid")?;
-        let first = self
-            .started
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .insert(uid);
-        if first {
-            tokio::spawn(async move {
-                if let Err(e) = self.start_pod(pod).await {
-                    eprintln!("fake kubelet: pod {name}: {e:#}");
+        match node {
+            None => {
+                // Only pods that asked for this scheduler: a cluster's own
+                // scheduler (if any) keeps the others.
+                let ours =
+                    pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()) == Some(SCHEDULER);
+                if ours && lock(&self.bound)?.insert(uid.clone()) {
+                    let k = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = k.schedule(&pod).await {
+                            eprintln!("fake kubelet: cannot schedule pod {name}: {e:#}");
+                            // The pod's next event tries again.
+                            if let Ok(mut b) = lock(&k.bound) {
+                                b.remove(&uid);
+                            }
+                        }
+                    });
                 }
-            });
+            }
+            Some(_) if on_test_node => {
+                let mut running = lock(&self.running)?;
+                if !running.contains_key(&uid) {
+                    let k = self.clone();
+                    let task = tokio::spawn(async move {
+                        if let Err(e) = k.start_pod(pod).await {
+                            eprintln!("fake kubelet: pod {name}: {e:#}");
+                        }
+                    });
+                    running.insert(uid, task);
+                }
+            }
+            Some(_) => {}
         }
         Ok(())
     }
 
-    fn choose_node(&self, pod: &Pod) -> String {
+    /// The pod's claims, resolved to their PVs. `wait`: until each claim is
+    /// Bound (as the scheduler waits before it places a pod).
+    async fn claims(&self, pod: &Pod, wait: bool) -> anyhow::Result<Vec<ClaimVolume>> {
+        let pvcs = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), &self.ns);
+        let pvs = Api::<PersistentVolume>::all(self.client.clone());
+        let mut out = Vec::new();
+        let volumes = pod.spec.as_ref().and_then(|s| s.volumes.clone());
+        for v in volumes.into_iter().flatten() {
+            let Some(c) = &v.persistent_volume_claim else {
+                continue;
+            };
+            let claim = &c.claim_name;
+            let pvc = if wait {
+                crate::wait::object(
+                    pvcs.clone(),
+                    claim,
+                    &format!(
+                        "claim {claim} of pod {} to be Bound (kube-controller-manager's PV binder binds a claim to the PV its spec.volumeName names)",
+                        pod.name_any()
+                    ),
+                    CLAIM_BOUND,
+                    |c: &PersistentVolumeClaim| {
+                        c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+                    },
+                )
+                .await?
+            } else {
+                pvcs.get(claim)
+                    .await
+                    .with_context(|| format!("claim {claim} of pod {}", pod.name_any()))?
+            };
+            let pv_name = pvc
+                .spec
+                .and_then(|s| s.volume_name)
+                .with_context(|| format!("claim {claim} is not bound to a PV"))?;
+            let pv = pvs
+                .get(&pv_name)
+                .await
+                .with_context(|| format!("PV {pv_name} of claim {claim}"))?;
+            out.push(ClaimVolume {
+                volume: v.name.clone(),
+                pv,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Plays the scheduler for one pod: claims bound, a node chosen, the
+    /// volume directories made, then the binding.
+    async fn schedule(&self, pod: &Pod) -> anyhow::Result<()> {
+        let name = pod.name_any();
+        let claims = self.claims(pod, true).await?;
+        let node = self.choose_node(pod, &claims);
+        anyhow::ensure!(
+            self.is_test_node(&node),
+            "pod {name} is pinned to {node}, which is not a test node"
+        );
+        // The volume directories exist before the pod is bound, so an agent
+        // that reacts to the binding never finds them missing.
+        self.prepare_volumes(pod, &node, &claims).await?;
+        // The API server requires metadata.name to be the pod's name and
+        // sets the PodScheduled condition itself.
+        let binding = json!({
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": { "name": name, "namespace": self.ns },
+            "target": { "apiVersion": "v1", "kind": "Node", "name": node },
+        });
+        self.pods()
+            .create_subresource::<_, Value>("binding", &name, &PostParams::default(), &binding)
+            .await
+            .with_context(|| format!("POST pods/{name}/binding to {node}"))?;
+        Ok(())
+    }
+
+    fn choose_node(&self, pod: &Pod, claims: &[ClaimVolume]) -> String {
         let spec = pod.spec.as_ref();
         // DaemonSet pods name their node in a required node affinity.
         let pinned = spec
@@ -320,7 +539,10 @@ impl Kubelet {
             .or_else(|| {
                 spec.and_then(|s| s.node_selector.as_ref())
                     .and_then(|s| s.get("kubernetes.io/hostname").cloned())
-            });
+            })
+            // A local PV is on one node; the pod goes there (the fake
+            // nodes' hostname label is their name).
+            .or_else(|| claims.iter().find_map(ClaimVolume::pinned_node));
         pinned.unwrap_or_else(|| {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % self.env.nodes.len().max(1);
             self.env
@@ -332,12 +554,14 @@ impl Kubelet {
     }
 
     /// Creates the pod's volume directories under `node`'s kubelet root, as
-    /// the kubelet lays them out; returns the data volumes (all but Hoard's
-    /// status volume) and their directories.
+    /// the kubelet lays them out; a local PV's directory is filled from the
+    /// PV's path when it is created (the mount). Returns the data volumes
+    /// (all but Hoard's status volume) and their directories.
     async fn prepare_volumes(
         &self,
         pod: &Pod,
         node: &str,
+        claims: &[ClaimVolume],
     ) -> anyhow::Result<Vec<(String, PathBuf)>> {
         let root = &self
             .env
@@ -352,24 +576,33 @@ impl Kubelet {
         let spec = pod.spec.clone().unwrap_or_default();
         let mut data_volumes = Vec::new();
         for v in spec.volumes.iter().flatten() {
-            let rel = if v.empty_dir.is_some() {
-                format!("volumes/kubernetes.io~empty-dir/{}", v.name)
-            } else if let Some(c) = &v.persistent_volume_claim {
-                let pvc = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), &self.ns)
-                    .get(&c.claim_name)
-                    .await
-                    .with_context(|| format!("claim {} of pod {}", c.claim_name, pod.name_any()))?;
-                let pv = pvc
-                    .spec
-                    .and_then(|s| s.volume_name)
-                    .with_context(|| format!("claim {} is not bound", c.claim_name))?;
-                format!("volumes/kubernetes.io~csi/{pv}/mount")
+            let (rel, backing) = if v.empty_dir.is_some() {
+                (format!("volumes/kubernetes.io~empty-dir/{}", v.name), None)
+            } else if v.persistent_volume_claim.is_some() {
+                let c = claims
+                    .iter()
+                    .find(|c| c.volume == v.name)
+                    .with_context(|| {
+                        format!(
+                            "volume {} of pod {} has no bound claim",
+                            v.name,
+                            pod.name_any()
+                        )
+                    })?;
+                (c.rel_dir()?, c.backing())
             } else {
                 continue;
             };
-            std::fs::create_dir_all(dir.join(&rel))?;
+            let path = dir.join(&rel);
+            if !path.exists() {
+                std::fs::create_dir_all(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                if let Some(from) = backing.filter(|b| b.is_dir()) {
+                    mirror_async(from, path.clone()).await?;
+                }
+            }
             if v.name != api::keys::RESTORE_STATUS_VOLUME {
-                data_volumes.push((v.name.clone(), dir.join(rel)));
+                data_volumes.push((v.name.clone(), path));
             }
         }
         Ok(data_volumes)
@@ -379,7 +612,8 @@ impl Kubelet {
         let dir = pod_dir(&self.env, &pod)?;
         let spec = pod.spec.clone().unwrap_or_default();
         let node = spec.node_name.clone().unwrap_or_default();
-        let data_volumes = self.prepare_volumes(&pod, &node).await?;
+        let claims = self.claims(&pod, true).await?;
+        let data_volumes = self.prepare_volumes(&pod, &node, &claims).await?;
         let inits = spec.init_containers.clone().unwrap_or_default();
         let held = inits
             .first()
@@ -387,20 +621,19 @@ impl Kubelet {
             .cloned();
         if let Some(init) = held {
             self.report(&pod, Stage::InitRunning).await?;
-            let code = self.run_restore_wait(&pod, &init, &dir).await?;
+            let (session_uid, code) = self.run_restore_wait(&pod, &init, &dir).await?;
             let volumes = data_volumes
                 .iter()
                 .map(|(n, p)| (n.clone(), read_tree(p)))
                 .collect();
-            if let Ok(mut h) = self.holds.lock() {
-                h.insert(
-                    pod.name_any(),
-                    HoldRecord {
-                        exit_code: code,
-                        volumes,
-                    },
-                );
-            }
+            lock(&self.holds)?.insert(
+                pod.name_any(),
+                HoldRecord {
+                    session_uid,
+                    exit_code: code,
+                    volumes,
+                },
+            );
             if code != 0 {
                 return self.report(&pod, Stage::InitFailed(code)).await;
             }
@@ -408,9 +641,61 @@ impl Kubelet {
         self.report(&pod, Stage::Running).await
     }
 
+    /// Completes the deletion of a pod bound to a test node: what runs is
+    /// killed, local volumes are written back to their PV's path, and the
+    /// pod is deleted with a zero grace period, as a kubelet confirms it.
+    async fn stop_pod(&self, pod: &Pod) -> anyhow::Result<()> {
+        let name = pod.name_any();
+        let uid = pod.uid().context("pod without uid")?;
+        if let Some(task) = lock(&self.running)?.remove(&uid) {
+            task.abort();
+        }
+        let dir = pod_dir(&self.env, pod)?;
+        match self.claims(pod, false).await {
+            Ok(claims) => {
+                for c in claims {
+                    let (Some(to), Ok(rel)) = (c.backing(), c.rel_dir()) else {
+                        continue;
+                    };
+                    let from = dir.join(rel);
+                    if from.is_dir() {
+                        mirror_async(from, to).await?;
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("fake kubelet: pod {name}: {e:#}; its local volumes are not written back")
+            }
+        }
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match self.pods().delete(&name, &dp).await {
+            Ok(_) => {}
+            // Gone already, or a new pod of the same name.
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.code == 409 => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("DELETE pod {name} gracePeriodSeconds=0"));
+            }
+        }
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        Ok(())
+    }
+
     /// Runs the real `restore-wait` with the init-container's arguments, its
-    /// status directory being the emptyDir on the node.
-    async fn run_restore_wait(&self, pod: &Pod, c: &Container, dir: &Path) -> anyhow::Result<i32> {
+    /// status directory being the emptyDir on the node. Returns its session
+    /// UID and exit code.
+    async fn run_restore_wait(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        dir: &Path,
+    ) -> anyhow::Result<(String, i32)> {
         let args = c.args.clone().unwrap_or_default();
         let value = |flag: &str| {
             args.iter()
@@ -442,9 +727,13 @@ impl Kubelet {
             .status()
             .await
             .context("cannot run restore-wait")?;
-        Ok(st.code().unwrap_or(-1))
+        Ok((uid, st.code().unwrap_or(-1)))
     }
 
+    /// Reports the pod's containers through the status subresource, with
+    /// the fields a kubelet sets (validation of pods/status only forbids a
+    /// terminated container of a non-restarting pod to run again, which
+    /// these stages never do).
     async fn report(&self, pod: &Pod, stage: Stage) -> anyhow::Result<()> {
         let now = serde_json::to_value(Time(Timestamp::now()))?;
         let spec = pod.spec.clone().unwrap_or_default();
@@ -469,38 +758,34 @@ impl Kubelet {
         };
         let waiting = |reason: &str| json!({ "waiting": { "reason": reason } });
         let inits = spec.init_containers.clone().unwrap_or_default();
+        let first_init = |st: Value| -> Vec<Value> {
+            inits
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let s = if i == 0 {
+                        st.clone()
+                    } else {
+                        waiting("PodInitializing")
+                    };
+                    status(c, s, false)
+                })
+                .collect()
+        };
+        // A pod that does not restart its containers fails with its first
+        // failed init-container; others would retry it (CrashLoopBackOff)
+        // and stay Pending.
+        let restarts = spec.restart_policy.as_deref() != Some("Never");
         let (phase, init_states, app_state, ready): (&str, Vec<Value>, Value, bool) = match stage {
             Stage::InitRunning => (
                 "Pending",
-                inits
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        let st = if i == 0 {
-                            running.clone()
-                        } else {
-                            waiting("PodInitializing")
-                        };
-                        status(c, st, false)
-                    })
-                    .collect(),
+                first_init(running.clone()),
                 waiting("PodInitializing"),
                 false,
             ),
             Stage::InitFailed(code) => (
-                "Pending",
-                inits
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        let st = if i == 0 {
-                            done(code)
-                        } else {
-                            waiting("PodInitializing")
-                        };
-                        status(c, st, false)
-                    })
-                    .collect(),
+                if restarts { "Pending" } else { "Failed" },
+                first_init(done(code)),
                 waiting("PodInitializing"),
                 false,
             ),
@@ -517,17 +802,20 @@ impl Kubelet {
             "startTime": now,
             "conditions": [
                 cond("PodScheduled", true),
-                cond("Initialized", ready),
+                cond("Initialized", matches!(stage, Stage::Running)),
                 cond("ContainersReady", ready),
                 cond("Ready", ready),
             ],
             "initContainerStatuses": init_states,
             "containerStatuses": spec.containers.iter().map(|c| status(c, app_state.clone(), ready)).collect::<Vec<_>>(),
         } });
-        Api::<Pod>::namespaced(self.client.clone(), &self.ns)
+        self.pods()
             .patch_status(
                 &pod.name_any(),
-                &PatchParams::default(),
+                &PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
                 &Patch::Merge(&patch),
             )
             .await
