@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -244,18 +244,24 @@ fn spawn(
     })
 }
 
-/// `kubectl <args>`, then removal of the work directory `work`, once the
-/// pipe closes (the test process ended).
-fn janitor(args: &[String], logs: &Path, work: &Path) -> anyhow::Result<Proc> {
+/// `kubectl <args>` (the first one `--kubeconfig=..`), then deletion of the
+/// PersistentVolumes labelled `selector` and removal of the work directory
+/// `work`, once the pipe closes (the test process ended).
+fn janitor(args: &[String], selector: &str, logs: &Path, work: &Path) -> anyhow::Result<Proc> {
     let log = logs.join("janitor.log");
     let out = std::fs::File::create(&log)?;
     let err = out.try_clone()?;
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(r#"read _; kubectl "$@"; rm -rf -- "$HOARD_E2E_WORK""#)
+        .arg(concat!(
+            r#"read _; kubectl "$@"; "#,
+            r#"kubectl "$1" delete persistentvolumes -l "$HOARD_E2E_SELECTOR" --ignore-not-found --wait=false; "#,
+            r#"rm -rf -- "$HOARD_E2E_WORK""#
+        ))
         .arg("sh")
         .args(args)
         .env("HOARD_E2E_WORK", work)
+        .env("HOARD_E2E_SELECTOR", selector)
         .stdin(Stdio::piped())
         .stdout(out)
         .stderr(err)
@@ -478,7 +484,7 @@ async fn setup(kubeconfig: PathBuf) -> anyhow::Result<Arc<Env>> {
             "--wait=false".into(),
         ];
         args.extend(objects);
-        janitor(&args, &logs, work.path()).ok()
+        janitor(&args, &format!("{E2E_LABEL}={run_id}"), &logs, work.path()).ok()
     };
     eprintln!(
         "e2e: run {run_id}: webhook {webhook_url}, nodes {:?} ({}), logs in {}",
@@ -526,9 +532,19 @@ async fn apply_crds(client: &Client) -> anyhow::Result<()> {
         if v.is_null() {
             continue;
         }
-        let crd: CustomResourceDefinition = serde_yaml::from_value(v)
-            .with_context(|| format!("{} holds something that is not a CRD", path.display()))?;
-        let name = crd.name_any();
+        // Applied as written (a typed round trip would silently drop any
+        // schema field k8s-openapi does not model).
+        let crd: serde_json::Value = serde_json::to_value(&v)?;
+        anyhow::ensure!(
+            crd["kind"] == "CustomResourceDefinition",
+            "{} holds a {}, not a CustomResourceDefinition",
+            path.display(),
+            crd["kind"]
+        );
+        let name = crd["metadata"]["name"]
+            .as_str()
+            .with_context(|| format!("a CRD in {} has no metadata.name", path.display()))?
+            .to_owned();
         api.patch(&name, &pp, &Patch::Apply(&crd))
             .await
             .with_context(|| format!("cannot apply CRD {name}"))?;
@@ -675,7 +691,8 @@ async fn register_webhook(
 }
 
 /// Deletes what killed runs left behind: labelled namespaces, webhook
-/// configurations, cluster roles and bindings, and nodes of other runs older than [`STALE_AFTER`].
+/// configurations, cluster roles and bindings, nodes and PersistentVolumes of
+/// other runs older than [`STALE_AFTER`].
 async fn sweep(client: &Client, run_id: &str) {
     let lp = ListParams::default().labels(E2E_LABEL);
     let stale = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
@@ -719,6 +736,12 @@ async fn sweep(client: &Client, run_id: &str) {
     if let Ok(list) = nodes.list(&lp).await {
         for o in list.items.iter().filter(|o| stale(&o.metadata)) {
             let _ = nodes.delete(&o.name_any(), &dp).await;
+        }
+    }
+    let pvs = Api::<PersistentVolume>::all(client.clone());
+    if let Ok(list) = pvs.list(&lp).await {
+        for o in list.items.iter().filter(|o| stale(&o.metadata)) {
+            let _ = pvs.delete(&o.name_any(), &dp).await;
         }
     }
 }

@@ -38,10 +38,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, ServiceAccount,
+};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
-use kube::{Client, Config};
+use kube::{Client, Config, ResourceExt};
 
 pub use env::Env;
 pub use kubelet::FakeKubelet;
@@ -49,6 +51,9 @@ pub use kubelet::FakeKubelet;
 /// Label on every object the suite creates at cluster scope or as a
 /// namespace; its value is the run id.
 pub const E2E_LABEL: &str = "hoard.dev/e2e";
+/// Label on the PersistentVolumes a test creates (cluster-scoped, so they
+/// do not go with its namespace): the test's namespace.
+pub const E2E_NAMESPACE_LABEL: &str = "hoard.dev/e2e-namespace";
 /// Field manager of the suite's server-side applies.
 pub const FIELD_MANAGER: &str = "hoard-e2e";
 /// Password of every test repository.
@@ -187,6 +192,94 @@ impl TestCtx {
     }
 }
 
+impl TestCtx {
+    /// Claim `name` in this test's namespace, bound to a local PV on the
+    /// first test node whose directory is returned (what an application
+    /// writes into the claim lands there).
+    ///
+    /// Neither a bare control plane nor the fake kubelet has a volume
+    /// provisioner, so the PV is created here and pre-bound both ways
+    /// (`claimRef` on the PV, `volumeName` on the claim, both with
+    /// `storageClassName: ""` so no default class is filled in); the PV
+    /// binder of kube-controller-manager then binds them, which is awaited.
+    /// A local PV (not hostPath) because the kubelet mounts it under the
+    /// pod's `volumes/kubernetes.io~local-volume/<pv>`, where Hoard's agent
+    /// finds claims; the PV carries the node affinity a local PV requires,
+    /// so the pods that mount it go to that node.
+    pub async fn local_claim(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let node = self
+            .env
+            .nodes
+            .first()
+            .context("the environment has no test node")?;
+        let hostname = Api::<Node>::all(self.client.clone())
+            .get(&node.name)
+            .await
+            .with_context(|| format!("cannot read node {}", node.name))?
+            .labels()
+            .get("kubernetes.io/hostname")
+            .cloned()
+            .unwrap_or_else(|| node.name.clone());
+        let dir = self.env.host_root.join("pvs").join(&self.ns).join(name);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let pv_name = format!("{}-{name}", self.ns);
+        let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": pv_name,
+                "labels": { E2E_LABEL: self.env.run_id, E2E_NAMESPACE_LABEL: self.ns },
+            },
+            "spec": {
+                "capacity": { "storage": "1Gi" },
+                "accessModes": ["ReadWriteOnce"],
+                "volumeMode": "Filesystem",
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "local": { "path": dir.display().to_string() },
+                "nodeAffinity": { "required": { "nodeSelectorTerms": [{ "matchExpressions": [{
+                    "key": "kubernetes.io/hostname", "operator": "In", "values": [hostname],
+                }] }] } },
+                "claimRef": {
+                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "namespace": self.ns, "name": name,
+                },
+            },
+        }))?;
+        Api::<PersistentVolume>::all(self.client.clone())
+            .create(&PostParams::default(), &pv)
+            .await
+            .with_context(|| format!("cannot create PersistentVolume {pv_name}"))?;
+        let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name },
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "volumeMode": "Filesystem",
+                "storageClassName": "",
+                "volumeName": pv_name,
+                "resources": { "requests": { "storage": "1Gi" } },
+            },
+        }))?;
+        self.api::<PersistentVolumeClaim>()
+            .create(&PostParams::default(), &pvc)
+            .await
+            .with_context(|| format!("cannot create PersistentVolumeClaim {name}"))?;
+        let limit = Duration::from_secs(60);
+        wait::object(
+            self.api::<PersistentVolumeClaim>(),
+            name,
+            &format!(
+                "claim {name} to be Bound to PV {pv_name} (by kube-controller-manager's persistentvolume-binder controller; is it running?)"
+            ),
+            limit,
+            |c: &PersistentVolumeClaim| {
+                c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+            },
+        )
+        .await?;
+        Ok(dir)
+    }
+}
+
 /// Runs one scenario: skips (one line) without a cluster; otherwise sets up
 /// the shared environment and a fresh namespace, runs `body`, dumps what the
 /// test made when it fails, and deletes the namespace.
@@ -299,5 +392,32 @@ async fn cleanup(client: &Client, env: &Env, ns: &str) {
         .await
     {
         eprintln!("cannot delete namespace {ns}: {e}; delete it with kubectl delete ns {ns}");
+    }
+    // Without a kubelet, a bound pod with a grace period stays Terminating
+    // (and with it the namespace) until something deletes it with a zero
+    // grace period, as a kubelet does once its containers are gone. The
+    // namespace is Terminating now, so no new pod can be created in it.
+    if env.fake_kubelet {
+        let pods = Api::<Pod>::namespaced(client.clone(), ns);
+        let now = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        if let Ok(list) = pods.list(&ListParams::default()).await {
+            for p in list.items {
+                let _ = pods.delete(&p.name_any(), &now).await;
+            }
+        }
+    }
+    // PVs are cluster-scoped; the claims go with the namespace, then the PV
+    // protection finalizer lets these go.
+    let pvs = Api::<PersistentVolume>::all(client.clone());
+    let lp = ListParams::default().labels(&format!("{E2E_NAMESPACE_LABEL}={ns}"));
+    if let Ok(list) = pvs.list(&lp).await {
+        for pv in list.items {
+            let _ = pvs
+                .delete(&pv.name_any(), &DeleteParams::background())
+                .await;
+        }
     }
 }
