@@ -829,3 +829,65 @@ enum Stage {
     InitFailed(i32),
     Running,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The unmount writes a restore back to the PV's path: files the pod's
+    /// view lost must go, links stay links.
+    #[test]
+    fn mirror_makes_the_target_hold_exactly_the_source() {
+        let d = tempfile::tempdir().unwrap();
+        let (from, to) = (d.path().join("from"), d.path().join("to"));
+        std::fs::create_dir_all(from.join("a/b")).unwrap();
+        std::fs::write(from.join("a/b/f.txt"), "new").unwrap();
+        std::os::unix::fs::symlink("a/b/f.txt", from.join("link")).unwrap();
+        std::fs::create_dir_all(to.join("stale/dir")).unwrap();
+        std::fs::write(to.join("stale/dir/old.txt"), "old").unwrap();
+        std::fs::write(to.join("top.txt"), "old").unwrap();
+        mirror(&from, &to).unwrap();
+        assert_eq!(
+            read_tree(&to),
+            BTreeMap::from([("a/b/f.txt".to_string(), "new".to_string())])
+        );
+        assert_eq!(
+            std::fs::read_link(to.join("link")).unwrap(),
+            PathBuf::from("a/b/f.txt")
+        );
+    }
+
+    fn pv(spec: Value) -> ClaimVolume {
+        ClaimVolume {
+            volume: "data".into(),
+            pv: serde_json::from_value(json!({ "metadata": { "name": "pv-1" }, "spec": spec }))
+                .unwrap(),
+        }
+    }
+
+    /// The directories must be where the agent looks up a claim's PV
+    /// (nodeagent volumes.rs): local `<plugin>/<pv>`, CSI `<plugin>/<pv>/mount`.
+    #[test]
+    fn claims_are_laid_out_as_the_kubelet_does_and_local_pvs_pin_their_node() {
+        let local = pv(json!({
+            "local": { "path": "/srv/pv-1" },
+            "nodeAffinity": { "required": { "nodeSelectorTerms": [{ "matchExpressions": [
+                { "key": "kubernetes.io/hostname", "operator": "In", "values": ["node-b"] },
+            ] }] } },
+        }));
+        assert_eq!(
+            local.rel_dir().unwrap(),
+            "volumes/kubernetes.io~local-volume/pv-1"
+        );
+        assert_eq!(local.backing(), Some(PathBuf::from("/srv/pv-1")));
+        assert_eq!(local.pinned_node().as_deref(), Some("node-b"));
+        let csi = pv(json!({ "csi": { "driver": "d", "volumeHandle": "h" } }));
+        assert_eq!(
+            csi.rel_dir().unwrap(),
+            "volumes/kubernetes.io~csi/pv-1/mount"
+        );
+        assert_eq!((csi.backing(), csi.pinned_node()), (None, None));
+        let host = pv(json!({ "hostPath": { "path": "/srv" } }));
+        assert!(host.rel_dir().unwrap_err().to_string().contains("local PV"));
+    }
+}

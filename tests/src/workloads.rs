@@ -98,7 +98,7 @@ pub fn backup_configuration(
     let mut spec = json!({
         "repository": { "name": REPO_NAME },
         "target": {
-            "ref": { "apiVersion": "apps/v1", "kind": kind, "name": target },
+            "ref": { "apiVersion": api_version_of(kind), "kind": kind, "name": target },
             "volumeMounts": [{ "name": DATA_VOLUME, "mountPath": DATA_PATH }],
             "paths": [DATA_PATH],
         },
@@ -115,6 +115,28 @@ pub fn backup_configuration(
         "metadata": { "name": name },
         "spec": spec,
     }))?)
+}
+
+/// `apiVersion` of a target of kind `kind`.
+pub fn api_version_of(kind: &str) -> &'static str {
+    match kind {
+        "PersistentVolumeClaim" | "Pod" | "ReplicationController" => "v1",
+        _ => "apps/v1",
+    }
+}
+
+/// `runtimeSettings` for the worker pods the controllers create (standalone
+/// PVCs): when the suite plays the scheduler, they ask for it by name (it
+/// binds no other pods) and tolerate the fake nodes' taint.
+pub fn worker_runtime_settings(t: &TestCtx) -> Value {
+    if t.env.fake_kubelet {
+        json!({ "pod": {
+            "schedulerName": SCHEDULER,
+            "tolerations": [{ "operator": "Exists" }],
+        } })
+    } else {
+        json!({})
+    }
 }
 
 /// An instant backup: a session a user creates for configuration `config`.

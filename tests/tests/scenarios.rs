@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -73,7 +73,11 @@ async fn running_pods(t: &TestCtx, app: &str, n: usize) -> anyhow::Result<Vec<Po
 /// Writes the files an application would have written into the pod's data
 /// volume, returns them.
 fn write_data(t: &TestCtx, pod: &Pod, tag: &str) -> anyhow::Result<Files> {
-    let dir = t.volume_dir(pod, DATA_VOLUME)?;
+    write_files(&t.volume_dir(pod, DATA_VOLUME)?, tag)
+}
+
+/// Writes a small tree tagged `tag` into `dir`, returns it.
+fn write_files(dir: &std::path::Path, tag: &str) -> anyhow::Result<Files> {
     let mut files = Files::new();
     files.insert("id.txt".into(), format!("{tag}\n"));
     // Enough to span several chunks' worth of content variety.
@@ -636,6 +640,154 @@ async fn auto_backup_annotation_creates_a_configuration_owned_by_the_workload() 
             |cs| format!("{cs:?}"),
         )
         .await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// Waits until the worker pods of session `uid` are gone (the controllers
+/// delete them once their host finished; without a kubelet the fake one
+/// completes the deletion).
+async fn workers_gone(t: &TestCtx, uid: &str, of: &str) -> anyhow::Result<()> {
+    wait::until(
+        t.api::<Pod>(),
+        Some(&format!("{}={uid}", api::keys::LABEL_SESSION_UID)),
+        &format!("the worker pods of {of} to be deleted"),
+        PODS,
+        |ps| ps.is_empty(),
+        |ps| {
+            ps.iter()
+                .map(|p| {
+                    format!(
+                        "{} phase={:?} deleting={}",
+                        p.name_any(),
+                        p.status.as_ref().and_then(|s| s.phase.clone()),
+                        p.metadata.deletion_timestamp.is_some()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Scenario 6: a PVC no pod mounts is backed up through a short-lived worker
+/// pod the controllers create and remove, and restored into a fresh PVC
+/// through a worker pod held by restore-wait until its data is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_pvc_is_backed_up_and_restored_through_short_lived_pods() {
+    e2e::run("standalone-pvc", |t| async move {
+        t.local_repository(REPO_PASSWORD).await?;
+        let source = t.local_claim("data").await?;
+        let files = write_files(&source, "standalone pvc")?;
+        let cfg = workloads::backup_configuration(
+            "data-backup",
+            "PersistentVolumeClaim",
+            "data",
+            None,
+            json!({ "runtimeSettings": workloads::worker_runtime_settings(&t) }),
+        )?;
+        t.api::<api::BackupConfiguration>()
+            .create(&pp(), &cfg)
+            .await?;
+        let s = instant_backup(&t, "data-backup").await?;
+        assert_backup_succeeded(&s, &hosts(&["host-0"]))?;
+        let name = s.name_any();
+        let uid = s.uid().context("the session has no uid")?;
+        // What `kubectl describe backupsession` shows of the worker pod.
+        wait::until(
+            t.api::<Event>(),
+            None,
+            &format!("a WorkerPodCreated event on BackupSession {name}"),
+            PODS,
+            |evs| {
+                evs.iter().any(|e| {
+                    e.reason.as_deref() == Some("WorkerPodCreated")
+                        && e.involved_object.name.as_deref() == Some(name.as_str())
+                })
+            },
+            |evs| {
+                evs.iter()
+                    .map(|e| format!("{:?} {:?}: {:?}", e.involved_object.name, e.reason, e.message))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            },
+        )
+        .await?;
+        workers_gone(&t, &uid, &format!("BackupSession {name}")).await?;
+        ensure!(
+            restic_restore(&t, "host-0").await? == files,
+            "restic restored other files for host-0 than the PVC held"
+        );
+
+        let target = t.local_claim("restored").await?;
+        let rs: RestoreSession = serde_json::from_value(json!({
+            "apiVersion": "hoard.dev/v1beta1",
+            "kind": "RestoreSession",
+            "metadata": { "name": "restore" },
+            "spec": {
+                "repository": { "name": e2e::REPO_NAME },
+                "target": {
+                    "ref": { "apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "restored" },
+                    "volumeMounts": [{ "name": DATA_VOLUME, "mountPath": workloads::DATA_PATH }],
+                },
+                "rules": [
+                    { "targetHosts": [], "sourceHost": "host-0", "paths": [workloads::DATA_PATH] },
+                ],
+                "runtimeSettings": workloads::worker_runtime_settings(&t),
+            },
+        }))?;
+        let rs = t.api::<RestoreSession>().create(&pp(), &rs).await?;
+        let rs_uid = rs.uid().context("the RestoreSession has no uid")?;
+        let done = wait::object(
+            t.api::<RestoreSession>(),
+            "restore",
+            "RestoreSession restore to finish",
+            SESSION,
+            |rs| {
+                matches!(
+                    rs.status.as_ref().and_then(|s| s.phase),
+                    Some(Phase::Succeeded | Phase::Failed)
+                )
+            },
+        )
+        .await?;
+        let st = done.status.clone().unwrap_or_default();
+        let stats = st.stats.clone().unwrap_or_default();
+        ensure!(
+            st.phase == Some(Phase::Succeeded)
+                && st.total_hosts == Some(1)
+                && stats.len() == 1
+                && stats[0].hostname == "host-0"
+                && stats[0].phase == Some(Phase::Succeeded),
+            "want phase Succeeded, totalHosts 1, host-0 Succeeded; the RestoreSession shows {st:?}"
+        );
+        workers_gone(&t, &rs_uid, "RestoreSession restore").await?;
+        if let Some(k) = &t.kubelet {
+            let holds = k.hold_records_of(&rs_uid);
+            ensure!(
+                holds.len() == 1,
+                "want one worker pod held by restore-wait for the restore, saw {:?}",
+                holds.iter().map(|(n, _)| n).collect::<Vec<_>>()
+            );
+            let (pod, rec) = &holds[0];
+            ensure!(rec.exit_code == 0, "restore-wait of {pod} exited {}", rec.exit_code);
+            ensure!(
+                rec.volumes.get(DATA_VOLUME) == Some(&files),
+                "when restore-wait of {pod} let it start, the PVC held {:?}, want {:?}",
+                rec.volumes.get(DATA_VOLUME).map(|f| f.keys().collect::<Vec<_>>()),
+                files.keys()
+            );
+        }
+        let now = read_tree(&target);
+        ensure!(
+            now == files,
+            "PVC restored holds {:?}, want {:?}",
+            now.keys(),
+            files.keys()
+        );
         Ok(())
     })
     .await;
