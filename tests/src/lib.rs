@@ -61,6 +61,13 @@ pub const REPO_PASSWORD: &str = "hoard-e2e-password";
 /// Name of the `Repository` each test namespace gets.
 pub const REPO_NAME: &str = "local";
 
+/// Bound of one scenario's body, setup of the shared environment excluded.
+/// The slowest scenario (a schedule of every minute) needs about two
+/// minutes; with the scenarios running in parallel (`--test-threads=10`,
+/// they wait on the cluster, not the CPU) the suite stays under 10 minutes
+/// even when every one of them hangs.
+pub const TEST_LIMIT: Duration = Duration::from_secs(300);
+
 /// The kubeconfig the suite uses, if any: `HOARD_E2E_KUBECONFIG` first, then
 /// `KUBECONFIG`.
 pub fn kubeconfig() -> Option<PathBuf> {
@@ -320,9 +327,17 @@ where
     });
     // A panic in the body (an assert!) ends up here as a JoinError, so the
     // dump and the cleanup run either way.
-    let outcome = match tokio::spawn(body(ctx.clone())).await {
-        Ok(r) => r,
-        Err(e) => Err(anyhow::anyhow!("the test panicked: {e}")),
+    let mut task = tokio::spawn(body(ctx.clone()));
+    let outcome = match tokio::time::timeout(TEST_LIMIT, &mut task).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(anyhow::anyhow!("the test panicked: {e}")),
+        Err(_) => {
+            task.abort();
+            Err(anyhow::anyhow!(
+                "the scenario did not finish within {TEST_LIMIT:?} (each of its waits is bounded, \
+                 their sum is not); the dump below shows where it stood"
+            ))
+        }
     };
     if let Err(e) = &outcome {
         eprintln!("e2e {name} in namespace {ns} failed: {e:#}");
