@@ -365,21 +365,34 @@ struct Kubelet {
 impl Kubelet {
     async fn run(self: Arc<Self>) {
         let api = Api::<Pod>::namespaced(self.client.clone(), &self.ns);
-        let mut pods = watcher(api, watcher::Config::default())
+        let mut events = watcher(api, watcher::Config::default())
             .default_backoff()
-            .applied_objects()
             .boxed();
         loop {
-            match pods.try_next().await {
-                Ok(Some(pod)) => {
-                    if let Err(e) = self.on_pod(pod) {
-                        eprintln!("fake kubelet ({}): {e:#}", self.ns);
-                    }
+            let r = match events.try_next().await {
+                Ok(Some(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
+                    self.on_pod(pod)
                 }
+                Ok(Some(watcher::Event::Delete(pod))) => self.on_gone(&pod),
+                Ok(Some(watcher::Event::Init | watcher::Event::InitDone)) => Ok(()),
                 Ok(None) => return,
-                Err(e) => eprintln!("fake kubelet ({}): watch error: {e}", self.ns),
+                Err(e) => Err(anyhow::anyhow!("watch error: {e}")),
+            };
+            if let Err(e) = r {
+                eprintln!("fake kubelet ({}): {e:#}", self.ns);
             }
         }
+    }
+
+    /// A pod removed from the API server without this kubelet (deleted
+    /// before it was bound, or force-deleted): what still runs for it is
+    /// killed, so it never reports on a pod of the same name created later.
+    fn on_gone(&self, pod: &Pod) -> anyhow::Result<()> {
+        let uid = pod.uid().context("pod without uid")?;
+        if let Some(task) = lock(&self.running)?.remove(&uid) {
+            task.abort();
+        }
+        Ok(())
     }
 
     fn is_test_node(&self, node: &str) -> bool {
