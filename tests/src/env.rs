@@ -604,23 +604,7 @@ async fn test_nodes(client: &Client, run_id: &str) -> anyhow::Result<(bool, Vec<
         return Ok((false, names));
     }
     for name in FAKE_NODES {
-        let node = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": name,
-                "labels": {
-                    E2E_LABEL: run_id,
-                    TEST_NODE_LABEL: "true",
-                    "kubernetes.io/hostname": name,
-                    "kubernetes.io/os": "linux",
-                },
-                "annotations": { "hoard.dev/e2e-fake": "the hoard e2e suite plays this node's kubelet" },
-            },
-            // Only the suite's pods (which tolerate it) land here, should
-            // the cluster have a scheduler after all.
-            "spec": { "taints": [{ "key": TEST_NODE_LABEL, "value": "fake", "effect": "NoSchedule" }] },
-        });
+        let node = fake_node_body(name, run_id);
         api.patch(
             name,
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -633,6 +617,27 @@ async fn test_nodes(client: &Client, run_id: &str) -> anyhow::Result<(bool, Vec<
     Ok((true, FAKE_NODES.iter().map(|s| s.to_string()).collect()))
 }
 
+/// A fake Node: labelled for the suite's DaemonSets, tainted so that only
+/// the suite's pods (which tolerate it) land there should the cluster have
+/// a scheduler after all.
+fn fake_node_body(name: &str, run_id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                E2E_LABEL: run_id,
+                TEST_NODE_LABEL: "true",
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+            },
+            "annotations": { "hoard.dev/e2e-fake": "the hoard e2e suite plays this node's kubelet" },
+        },
+        "spec": { "taints": [{ "key": TEST_NODE_LABEL, "value": "fake", "effect": "NoSchedule" }] },
+    })
+}
+
 /// Registers the webhook for this run's test namespaces only.
 async fn register_webhook(
     client: &Client,
@@ -641,8 +646,30 @@ async fn register_webhook(
     url: &str,
     bundle: &certs::Bundle,
 ) -> anyhow::Result<()> {
-    let ca = serde_json::to_value(ByteString(bundle.ca_cert_pem.as_bytes().to_vec()))?;
-    let cfg = serde_json::json!({
+    let cfg = webhook_config_body(name, run_id, url, bundle.ca_cert_pem.as_bytes())?;
+    let cfg: MutatingWebhookConfiguration = serde_json::from_value(cfg)?;
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&cfg),
+        )
+        .await
+        .context("cannot register the MutatingWebhookConfiguration")?;
+    Ok(())
+}
+
+/// The run's MutatingWebhookConfiguration: by URL, with the CA, scoped to
+/// the run's test namespaces; policy as in
+/// manifests/base/webhook-configuration.yaml.
+fn webhook_config_body(
+    name: &str,
+    run_id: &str,
+    url: &str,
+    ca_pem: &[u8],
+) -> anyhow::Result<serde_json::Value> {
+    let ca = serde_json::to_value(ByteString(ca_pem.to_vec()))?;
+    Ok(serde_json::json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
         "metadata": { "name": name, "labels": { E2E_LABEL: run_id } },
@@ -677,17 +704,7 @@ async fn register_webhook(
                 "values": [api::keys::PART_OF_HOARD],
             }] },
         }],
-    });
-    let cfg: MutatingWebhookConfiguration = serde_json::from_value(cfg)?;
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&cfg),
-        )
-        .await
-        .context("cannot register the MutatingWebhookConfiguration")?;
-    Ok(())
+    }))
 }
 
 /// Deletes what killed runs left behind: labelled namespaces, webhook
@@ -749,6 +766,37 @@ async fn sweep(client: &Client, run_id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::check_schema;
+
+    #[test]
+    fn node_and_webhook_bodies_are_what_the_schema_reads() {
+        check_schema::<Node>(&fake_node_body("hoard-e2e-node-a", "r1")).unwrap();
+        let cfg =
+            webhook_config_body("hoard-e2e-r1", "r1", "https://127.0.0.1:9443/x", b"PEM").unwrap();
+        check_schema::<MutatingWebhookConfiguration>(&cfg).unwrap();
+    }
+
+    /// The run's registration behaves as a real installation: the policy
+    /// fields are the shipped ones.
+    #[test]
+    fn the_webhook_is_registered_with_the_shipped_policy() {
+        let path = workspace_dir().join("manifests/base/webhook-configuration.yaml");
+        let shipped: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let ours = webhook_config_body("n", "r1", "https://127.0.0.1:1/x", b"PEM").unwrap();
+        for field in [
+            "failurePolicy",
+            "timeoutSeconds",
+            "sideEffects",
+            "admissionReviewVersions",
+            "rules",
+        ] {
+            assert_eq!(
+                ours["webhooks"][0][field], shipped["webhooks"][0][field],
+                "webhooks[0].{field}"
+            );
+        }
+    }
 
     /// Without the guard a webhook or agent would outlive a killed test run
     /// (statics are never dropped) and hold its ports and watches.

@@ -48,7 +48,9 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Container, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{
+    Container, Node, PersistentVolume, PersistentVolumeClaim, Pod, PodSpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -156,7 +158,31 @@ impl Drop for FakeKubelet {
 /// Renews node `name`'s Lease in `kube-node-lease` and its Ready condition.
 pub async fn heartbeat(client: &Client, name: &str) -> anyhow::Result<()> {
     let now = Timestamp::now();
-    let lease = json!({
+    Api::<Lease>::namespaced(client.clone(), "kube-node-lease")
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&lease_body(name, now)),
+        )
+        .await
+        .with_context(|| format!("cannot renew the Lease of node {name}"))?;
+    Api::<Node>::all(client.clone())
+        .patch_status(
+            name,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &Patch::Merge(&node_status_body(now)),
+        )
+        .await
+        .with_context(|| format!("cannot report node {name} Ready"))?;
+    Ok(())
+}
+
+/// The node's Lease in `kube-node-lease`, renewed at `now`.
+fn lease_body(name: &str, now: Timestamp) -> Value {
+    json!({
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
         "metadata": { "name": name, "namespace": "kube-node-lease" },
@@ -165,15 +191,12 @@ pub async fn heartbeat(client: &Client, name: &str) -> anyhow::Result<()> {
             "leaseDurationSeconds": 40,
             "renewTime": MicroTime(now),
         },
-    });
-    Api::<Lease>::namespaced(client.clone(), "kube-node-lease")
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&lease),
-        )
-        .await
-        .with_context(|| format!("cannot renew the Lease of node {name}"))?;
+    })
+}
+
+/// A Ready node's status, as a kubelet reports it (merge patch of
+/// `nodes/status`).
+fn node_status_body(now: Timestamp) -> Value {
     let cond = |t: &str, s: &str, reason: &str| {
         json!({
             "type": t, "status": s, "reason": reason,
@@ -181,7 +204,7 @@ pub async fn heartbeat(client: &Client, name: &str) -> anyhow::Result<()> {
             "message": "hoard e2e fake kubelet",
         })
     };
-    let status = json!({
+    json!({
         "status": {
             "capacity": { "cpu": "32", "memory": "64Gi", "pods": "250" },
             "allocatable": { "cpu": "32", "memory": "64Gi", "pods": "250" },
@@ -193,12 +216,18 @@ pub async fn heartbeat(client: &Client, name: &str) -> anyhow::Result<()> {
             ],
             "addresses": [{ "type": "InternalIP", "address": "127.0.0.1" }],
         }
-    });
-    Api::<Node>::all(client.clone())
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .with_context(|| format!("cannot report node {name} Ready"))?;
-    Ok(())
+    })
+}
+
+/// The body of `POST pods/<name>/binding`: the API server requires
+/// `metadata.name` to be the pod's name.
+fn binding_body(ns: &str, pod: &str, node: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": { "name": pod, "namespace": ns },
+        "target": { "apiVersion": "v1", "kind": "Node", "name": node },
+    })
 }
 
 /// `<kubelet-root>/pods/<uid>/volumes/kubernetes.io~empty-dir/<volume>` of
@@ -515,14 +544,8 @@ impl Kubelet {
         // The volume directories exist before the pod is bound, so an agent
         // that reacts to the binding never finds them missing.
         self.prepare_volumes(pod, &node, &claims).await?;
-        // The API server requires metadata.name to be the pod's name and
-        // sets the PodScheduled condition itself.
-        let binding = json!({
-            "apiVersion": "v1",
-            "kind": "Binding",
-            "metadata": { "name": name, "namespace": self.ns },
-            "target": { "apiVersion": "v1", "kind": "Node", "name": node },
-        });
+        // The API server sets the PodScheduled condition itself.
+        let binding = binding_body(&self.ns, &name, &node);
         self.pods()
             .create_subresource::<_, Value>("binding", &name, &PostParams::default(), &binding)
             .await
@@ -743,85 +766,10 @@ impl Kubelet {
         Ok((uid, st.code().unwrap_or(-1)))
     }
 
-    /// Reports the pod's containers through the status subresource, with
-    /// the fields a kubelet sets (validation of pods/status only forbids a
-    /// terminated container of a non-restarting pod to run again, which
-    /// these stages never do).
+    /// Reports the pod's containers through the status subresource.
     async fn report(&self, pod: &Pod, stage: Stage) -> anyhow::Result<()> {
-        let now = serde_json::to_value(Time(Timestamp::now()))?;
         let spec = pod.spec.clone().unwrap_or_default();
-        let status = |c: &Container, state: Value, ready: bool| {
-            json!({
-                "name": c.name,
-                "image": c.image.clone().unwrap_or_default(),
-                "imageID": "",
-                "ready": ready,
-                "started": state.get("running").is_some(),
-                "restartCount": 0,
-                "state": state,
-            })
-        };
-        let running = json!({ "running": { "startedAt": now } });
-        let done = |code: i32| {
-            json!({ "terminated": {
-                "exitCode": code,
-                "reason": if code == 0 { "Completed" } else { "Error" },
-                "startedAt": now, "finishedAt": now,
-            } })
-        };
-        let waiting = |reason: &str| json!({ "waiting": { "reason": reason } });
-        let inits = spec.init_containers.clone().unwrap_or_default();
-        let first_init = |st: Value| -> Vec<Value> {
-            inits
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    let s = if i == 0 {
-                        st.clone()
-                    } else {
-                        waiting("PodInitializing")
-                    };
-                    status(c, s, false)
-                })
-                .collect()
-        };
-        // A pod that does not restart its containers fails with its first
-        // failed init-container; others would retry it (CrashLoopBackOff)
-        // and stay Pending.
-        let restarts = spec.restart_policy.as_deref() != Some("Never");
-        let (phase, init_states, app_state, ready): (&str, Vec<Value>, Value, bool) = match stage {
-            Stage::InitRunning => (
-                "Pending",
-                first_init(running.clone()),
-                waiting("PodInitializing"),
-                false,
-            ),
-            Stage::InitFailed(code) => (
-                if restarts { "Pending" } else { "Failed" },
-                first_init(done(code)),
-                waiting("PodInitializing"),
-                false,
-            ),
-            Stage::Running => (
-                "Running",
-                inits.iter().map(|c| status(c, done(0), false)).collect(),
-                running.clone(),
-                true,
-            ),
-        };
-        let cond = |t: &str, ok: bool| json!({ "type": t, "status": if ok { "True" } else { "False" }, "lastTransitionTime": now });
-        let patch = json!({ "status": {
-            "phase": phase,
-            "startTime": now,
-            "conditions": [
-                cond("PodScheduled", true),
-                cond("Initialized", matches!(stage, Stage::Running)),
-                cond("ContainersReady", ready),
-                cond("Ready", ready),
-            ],
-            "initContainerStatuses": init_states,
-            "containerStatuses": spec.containers.iter().map(|c| status(c, app_state.clone(), ready)).collect::<Vec<_>>(),
-        } });
+        let patch = pod_status_body(&spec, stage, Timestamp::now());
         self.pods()
             .patch_status(
                 &pod.name_any(),
@@ -837,6 +785,87 @@ impl Kubelet {
     }
 }
 
+/// The merge patch of `pods/status` for a pod of `spec` at `stage`, with the
+/// fields a kubelet sets. Validation of `pods/status` only forbids a
+/// terminated container of a pod that does not restart to run again, which
+/// the stages never do (init running → terminated; app waiting → running).
+fn pod_status_body(spec: &PodSpec, stage: Stage, now: Timestamp) -> Value {
+    let now = json!(Time(now));
+    let status = |c: &Container, state: Value, ready: bool| {
+        json!({
+            "name": c.name,
+            "image": c.image.clone().unwrap_or_default(),
+            "imageID": "",
+            "ready": ready,
+            "started": state.get("running").is_some(),
+            "restartCount": 0,
+            "state": state,
+        })
+    };
+    let running = json!({ "running": { "startedAt": now } });
+    let done = |code: i32| {
+        json!({ "terminated": {
+            "exitCode": code,
+            "reason": if code == 0 { "Completed" } else { "Error" },
+            "startedAt": now, "finishedAt": now,
+        } })
+    };
+    let waiting = |reason: &str| json!({ "waiting": { "reason": reason } });
+    let inits = spec.init_containers.clone().unwrap_or_default();
+    let first_init = |st: Value| -> Vec<Value> {
+        inits
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let s = if i == 0 {
+                    st.clone()
+                } else {
+                    waiting("PodInitializing")
+                };
+                status(c, s, false)
+            })
+            .collect()
+    };
+    // A pod that does not restart its containers fails with its first
+    // failed init-container; others would retry it (CrashLoopBackOff) and
+    // stay Pending.
+    let restarts = spec.restart_policy.as_deref() != Some("Never");
+    let (phase, init_states, app_state, ready): (&str, Vec<Value>, Value, bool) = match stage {
+        Stage::InitRunning => (
+            "Pending",
+            first_init(running.clone()),
+            waiting("PodInitializing"),
+            false,
+        ),
+        Stage::InitFailed(code) => (
+            if restarts { "Pending" } else { "Failed" },
+            first_init(done(code)),
+            waiting("PodInitializing"),
+            false,
+        ),
+        Stage::Running => (
+            "Running",
+            inits.iter().map(|c| status(c, done(0), false)).collect(),
+            running.clone(),
+            true,
+        ),
+    };
+    let cond = |t: &str, ok: bool| json!({ "type": t, "status": if ok { "True" } else { "False" }, "lastTransitionTime": now });
+    json!({ "status": {
+        "phase": phase,
+        "startTime": now,
+        "conditions": [
+            cond("PodScheduled", true),
+            cond("Initialized", matches!(stage, Stage::Running)),
+            cond("ContainersReady", ready),
+            cond("Ready", ready),
+        ],
+        "initContainerStatuses": init_states,
+        "containerStatuses": spec.containers.iter().map(|c| status(c, app_state.clone(), ready)).collect::<Vec<_>>(),
+    } })
+}
+
+#[derive(Clone, Copy)]
 enum Stage {
     InitRunning,
     InitFailed(i32),
@@ -902,5 +931,90 @@ mod tests {
         assert_eq!((csi.backing(), csi.pinned_node()), (None, None));
         let host = pv(json!({ "hostPath": { "path": "/srv" } }));
         assert!(host.rel_dir().unwrap_err().to_string().contains("local PV"));
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use k8s_openapi::api::core::v1::Binding;
+    use k8s_openapi::api::core::v1::{NodeStatus, PodStatus};
+
+    use super::*;
+    use crate::check_schema;
+
+    fn now() -> Timestamp {
+        "2026-11-30T09:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn heartbeat_and_binding_bodies_are_what_the_schema_reads() {
+        check_schema::<Lease>(&lease_body("node-a", now())).unwrap();
+        check_schema::<NodeStatus>(&node_status_body(now())["status"]).unwrap();
+        let b = binding_body("ns1", "web-0", "node-a");
+        check_schema::<Binding>(&b).unwrap();
+        assert_eq!(
+            b["metadata"]["name"], "web-0",
+            "the API server wants the pod's name"
+        );
+    }
+
+    fn worker_spec(restart: &str) -> PodSpec {
+        serde_json::from_value(json!({
+            "restartPolicy": restart,
+            "initContainers": [
+                { "name": api::keys::RESTORE_WAIT_CONTAINER, "image": "hoard:1" },
+                { "name": "second", "image": "busybox" },
+            ],
+            "containers": [{ "name": "app", "image": "busybox" }],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pod_statuses_are_what_the_schema_reads_and_a_kubelet_reports() {
+        let phase_ready = |v: &Value| {
+            let st: PodStatus = serde_json::from_value(v["status"].clone()).unwrap();
+            let ready = st
+                .conditions
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.status);
+            (st.phase.unwrap_or_default(), ready.unwrap_or_default())
+        };
+        for restart in ["Always", "Never"] {
+            let spec = worker_spec(restart);
+            for stage in [Stage::InitRunning, Stage::InitFailed(3), Stage::Running] {
+                let body = pod_status_body(&spec, stage, now());
+                check_schema::<PodStatus>(&body["status"]).unwrap();
+            }
+        }
+        let never = worker_spec("Never");
+        let always = worker_spec("Always");
+        assert_eq!(
+            phase_ready(&pod_status_body(&never, Stage::InitRunning, now())),
+            ("Pending".into(), "False".into())
+        );
+        assert_eq!(
+            phase_ready(&pod_status_body(&never, Stage::InitFailed(3), now())),
+            ("Failed".into(), "False".into()),
+            "a pod that does not restart fails with its init-container"
+        );
+        assert_eq!(
+            phase_ready(&pod_status_body(&always, Stage::InitFailed(3), now())),
+            ("Pending".into(), "False".into()),
+            "a restarting pod retries its init-container"
+        );
+        let running = pod_status_body(&never, Stage::Running, now());
+        assert_eq!(phase_ready(&running), ("Running".into(), "True".into()));
+        // once terminated, an init-container of a Never pod stays terminated
+        let inits = running["status"]["initContainerStatuses"]
+            .as_array()
+            .unwrap();
+        assert!(
+            inits
+                .iter()
+                .all(|c| c["state"]["terminated"]["exitCode"] == 0)
+        );
     }
 }

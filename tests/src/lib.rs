@@ -231,41 +231,19 @@ impl TestCtx {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let pv_name = format!("{}-{name}", self.ns);
-        let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
-            "metadata": {
-                "name": pv_name,
-                "labels": { E2E_LABEL: self.env.run_id, E2E_NAMESPACE_LABEL: self.ns },
-            },
-            "spec": {
-                "capacity": { "storage": "1Gi" },
-                "accessModes": ["ReadWriteOnce"],
-                "volumeMode": "Filesystem",
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "local": { "path": dir.display().to_string() },
-                "nodeAffinity": { "required": { "nodeSelectorTerms": [{ "matchExpressions": [{
-                    "key": "kubernetes.io/hostname", "operator": "In", "values": [hostname],
-                }] }] } },
-                "claimRef": {
-                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "namespace": self.ns, "name": name,
-                },
-            },
-        }))?;
+        let pv: PersistentVolume = serde_json::from_value(local_pv_body(
+            &self.env.run_id,
+            &self.ns,
+            name,
+            &pv_name,
+            &dir,
+            &hostname,
+        ))?;
         Api::<PersistentVolume>::all(self.client.clone())
             .create(&PostParams::default(), &pv)
             .await
             .with_context(|| format!("cannot create PersistentVolume {pv_name}"))?;
-        let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": name },
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "volumeMode": "Filesystem",
-                "storageClassName": "",
-                "volumeName": pv_name,
-                "resources": { "requests": { "storage": "1Gi" } },
-            },
-        }))?;
+        let pvc: PersistentVolumeClaim = serde_json::from_value(local_pvc_body(name, &pv_name))?;
         self.api::<PersistentVolumeClaim>()
             .create(&PostParams::default(), &pvc)
             .await
@@ -284,6 +262,99 @@ impl TestCtx {
         )
         .await?;
         Ok(dir)
+    }
+}
+
+/// A local PV at `dir` on the node labelled `kubernetes.io/hostname=<hostname>`,
+/// pre-bound to claim `ns/claim`.
+fn local_pv_body(
+    run_id: &str,
+    ns: &str,
+    claim: &str,
+    pv_name: &str,
+    dir: &Path,
+    hostname: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {
+            "name": pv_name,
+            "labels": { E2E_LABEL: run_id, E2E_NAMESPACE_LABEL: ns },
+        },
+        "spec": {
+            "capacity": { "storage": "1Gi" },
+            "accessModes": ["ReadWriteOnce"],
+            "volumeMode": "Filesystem",
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "local": { "path": dir.display().to_string() },
+            "nodeAffinity": { "required": { "nodeSelectorTerms": [{ "matchExpressions": [{
+                "key": "kubernetes.io/hostname", "operator": "In", "values": [hostname],
+            }] }] } },
+            "claimRef": {
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "namespace": ns, "name": claim,
+            },
+        },
+    })
+}
+
+/// Claim `name`, pre-bound to PV `pv_name` (no storage class, so no
+/// default one is filled in and no provisioner is asked).
+fn local_pvc_body(name: &str, pv_name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": { "name": name },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "volumeMode": "Filesystem",
+            "storageClassName": "",
+            "volumeName": pv_name,
+            "resources": { "requests": { "storage": "1Gi" } },
+        },
+    })
+}
+
+/// Test helper: `doc` survives a round trip through the k8s-openapi type `T`
+/// (the v1.36 schema): every field it sets comes back with the same value.
+/// A misspelled or unknown field would fail here; the API server would drop
+/// it silently (field validation is `Warn` by default), and the object would
+/// not be what the suite meant.
+#[cfg(test)]
+pub(crate) fn check_schema<T>(doc: &serde_json::Value) -> Result<(), String>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    use serde_json::Value;
+    fn subset(want: &Value, got: &Value, path: &str, errs: &mut Vec<String>) {
+        match (want, got) {
+            (Value::Object(w), Value::Object(g)) => {
+                for (k, v) in w {
+                    match g.get(k) {
+                        Some(gv) => subset(v, gv, &format!("{path}.{k}"), errs),
+                        None => errs.push(format!("{path}.{k} is not in the schema")),
+                    }
+                }
+            }
+            (Value::Array(w), Value::Array(g)) if w.len() == g.len() => {
+                for (i, (wv, gv)) in w.iter().zip(g).enumerate() {
+                    subset(wv, gv, &format!("{path}[{i}]"), errs);
+                }
+            }
+            _ if want == got => {}
+            _ => errs.push(format!("{path}: sent {want}, the schema reads {got}")),
+        }
+    }
+    let typed: T = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    let mut errs = Vec::new();
+    subset(doc, &back, "", &mut errs);
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs.join("; "))
     }
 }
 
@@ -434,5 +505,40 @@ async fn cleanup(client: &Client, env: &Env, ns: &str) {
                 .delete(&pv.name_any(), &DeleteParams::background())
                 .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pre_bound_local_pv_and_claim_are_what_the_schema_reads() {
+        let pv = local_pv_body(
+            "r1",
+            "ns1",
+            "data",
+            "ns1-data",
+            Path::new("/srv/x"),
+            "node-a",
+        );
+        check_schema::<PersistentVolume>(&pv).unwrap();
+        let pvc = local_pvc_body("data", "ns1-data");
+        check_schema::<PersistentVolumeClaim>(&pvc).unwrap();
+        // the two halves of the pre-binding name each other
+        assert_eq!(pv["spec"]["claimRef"]["name"], pvc["metadata"]["name"]);
+        assert_eq!(pvc["spec"]["volumeName"], pv["metadata"]["name"]);
+        assert_eq!(
+            pv["spec"]["storageClassName"],
+            pvc["spec"]["storageClassName"]
+        );
+    }
+
+    #[test]
+    fn the_schema_check_catches_a_misspelled_field() {
+        let bad = serde_json::json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": { "name": "x" }, "spec": { "volumename": "pv" } });
+        let err = check_schema::<PersistentVolumeClaim>(&bad).unwrap_err();
+        assert!(err.contains(".spec.volumename"), "{err}");
     }
 }
