@@ -23,9 +23,15 @@ pub const SCHEDULER: &str = "hoard-e2e";
 /// nodes only, tolerating every taint (fake nodes are tainted so that no
 /// other pod lands on them, and may be marked not-ready between heartbeats).
 pub fn pod_template(t: &TestCtx, app: &str, annotations: Value) -> Value {
+    template(t.env.fake_kubelet, app, annotations)
+}
+
+fn template(fake: bool, app: &str, annotations: Value) -> Value {
     let mut tpl = json!({
         "metadata": { "labels": { "app": app }, "annotations": annotations },
         "spec": {
+            // Deleted pods go at once: the API server waits for a kubelet's
+            // confirmation only when there is a grace period.
             "terminationGracePeriodSeconds": 0,
             "tolerations": [{ "operator": "Exists" }],
             "containers": [{
@@ -38,24 +44,36 @@ pub fn pod_template(t: &TestCtx, app: &str, annotations: Value) -> Value {
             "nodeSelector": { TEST_NODE_LABEL: "true" },
         },
     });
-    if t.env.fake_kubelet {
+    if fake {
         tpl["spec"]["schedulerName"] = json!(SCHEDULER);
     }
     tpl
 }
 
 pub fn statefulset(t: &TestCtx, name: &str, replicas: i32) -> anyhow::Result<StatefulSet> {
-    Ok(serde_json::from_value(json!({
+    Ok(serde_json::from_value(statefulset_body(
+        t.env.fake_kubelet,
+        name,
+        replicas,
+    ))?)
+}
+
+fn statefulset_body(fake: bool, name: &str, replicas: i32) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
         "metadata": { "name": name },
         "spec": {
             "serviceName": name,
             "replicas": replicas,
-            // Parallel: the pods do not wait for each other, only for their data.
+            // Parallel: the pods do not wait for each other (OrderedReady
+            // creates pod N+1 once pod N is Running and Ready), only for
+            // their data.
             "podManagementPolicy": "Parallel",
             "selector": { "matchLabels": { "app": name } },
-            "template": pod_template(t, name, json!({})),
+            "template": template(fake, name, json!({})),
         },
-    }))?)
+    })
 }
 
 pub fn deployment(
@@ -64,26 +82,45 @@ pub fn deployment(
     replicas: i32,
     annotations: Value,
 ) -> anyhow::Result<Deployment> {
-    Ok(serde_json::from_value(json!({
+    Ok(serde_json::from_value(deployment_body(
+        t.env.fake_kubelet,
+        name,
+        replicas,
+        annotations,
+    ))?)
+}
+
+fn deployment_body(fake: bool, name: &str, replicas: i32, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": { "name": name },
         "spec": {
             "replicas": replicas,
             "selector": { "matchLabels": { "app": name } },
-            "template": pod_template(t, name, annotations),
+            "template": template(fake, name, annotations),
         },
-    }))?)
+    })
 }
 
 /// A DaemonSet on the test nodes only.
 pub fn daemonset(t: &TestCtx, name: &str) -> anyhow::Result<DaemonSet> {
-    let tpl = pod_template(t, name, json!({}));
-    Ok(serde_json::from_value(json!({
+    Ok(serde_json::from_value(daemonset_body(
+        t.env.fake_kubelet,
+        name,
+    ))?)
+}
+
+fn daemonset_body(fake: bool, name: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
         "metadata": { "name": name },
         "spec": {
             "selector": { "matchLabels": { "app": name } },
-            "template": tpl,
+            "template": template(fake, name, json!({})),
         },
-    }))?)
+    })
 }
 
 /// A configuration backing up `/data` of workload `kind/name` into the
@@ -95,6 +132,18 @@ pub fn backup_configuration(
     schedule: Option<&str>,
     extra: Value,
 ) -> anyhow::Result<api::BackupConfiguration> {
+    Ok(serde_json::from_value(backup_configuration_body(
+        name, kind, target, schedule, extra,
+    ))?)
+}
+
+fn backup_configuration_body(
+    name: &str,
+    kind: &str,
+    target: &str,
+    schedule: Option<&str>,
+    extra: Value,
+) -> Value {
     let mut spec = json!({
         "repository": { "name": REPO_NAME },
         "target": {
@@ -109,12 +158,12 @@ pub fn backup_configuration(
     if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
         spec.extend(extra.clone());
     }
-    Ok(serde_json::from_value(json!({
+    json!({
         "apiVersion": "hoard.dev/v1beta1",
         "kind": "BackupConfiguration",
         "metadata": { "name": name },
         "spec": spec,
-    }))?)
+    })
 }
 
 /// `apiVersion` of a target of kind `kind`.
@@ -129,7 +178,11 @@ pub fn api_version_of(kind: &str) -> &'static str {
 /// PVCs): when the suite plays the scheduler, they ask for it by name (it
 /// binds no other pods) and tolerate the fake nodes' taint.
 pub fn worker_runtime_settings(t: &TestCtx) -> Value {
-    if t.env.fake_kubelet {
+    worker_settings(t.env.fake_kubelet)
+}
+
+fn worker_settings(fake: bool) -> Value {
+    if fake {
         json!({ "pod": {
             "schedulerName": SCHEDULER,
             "tolerations": [{ "operator": "Exists" }],
@@ -137,6 +190,37 @@ pub fn worker_runtime_settings(t: &TestCtx) -> Value {
     } else {
         json!({})
     }
+}
+
+/// A `RestoreSession` named `name` restoring host-0's latest snapshot of
+/// `/data` into claim `claim` (a standalone PVC: one worker pod).
+pub fn pvc_restore_session(
+    t: &TestCtx,
+    name: &str,
+    claim: &str,
+) -> anyhow::Result<api::RestoreSession> {
+    Ok(serde_json::from_value(pvc_restore_body(
+        t.env.fake_kubelet,
+        name,
+        claim,
+    ))?)
+}
+
+fn pvc_restore_body(fake: bool, name: &str, claim: &str) -> Value {
+    json!({
+        "apiVersion": "hoard.dev/v1beta1",
+        "kind": "RestoreSession",
+        "metadata": { "name": name },
+        "spec": {
+            "repository": { "name": REPO_NAME },
+            "target": {
+                "ref": { "apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": claim },
+                "volumeMounts": [{ "name": DATA_VOLUME, "mountPath": DATA_PATH }],
+            },
+            "rules": [{ "targetHosts": [], "sourceHost": "host-0", "paths": [DATA_PATH] }],
+            "runtimeSettings": worker_settings(fake),
+        },
+    })
 }
 
 /// An instant backup: a session a user creates for configuration `config`.
@@ -250,4 +334,36 @@ pub fn host_of(p: &Pod) -> Option<&str> {
         .as_ref()?
         .get(api::keys::ANNOTATION_HOST)
         .map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check_schema;
+
+    /// The objects are typed before they are sent, which drops a field the
+    /// type does not know: each must survive that as written.
+    #[test]
+    fn the_workloads_and_hoard_objects_are_what_the_schemas_read() {
+        for fake in [true, false] {
+            check_schema::<StatefulSet>(&statefulset_body(fake, "web", 3)).unwrap();
+            check_schema::<Deployment>(&deployment_body(fake, "app", 2, json!({ "a": "b" })))
+                .unwrap();
+            check_schema::<DaemonSet>(&daemonset_body(fake, "agents")).unwrap();
+            check_schema::<api::RestoreSession>(&pvc_restore_body(fake, "r", "restored")).unwrap();
+            let extra = json!({ "runtimeSettings": worker_settings(fake) });
+            let cfg = backup_configuration_body("c", "PersistentVolumeClaim", "data", None, extra);
+            check_schema::<api::BackupConfiguration>(&cfg).unwrap();
+            assert_eq!(cfg["spec"]["target"]["ref"]["apiVersion"], "v1");
+        }
+        let cfg = backup_configuration_body(
+            "c",
+            "StatefulSet",
+            "web",
+            Some("* * * * *"),
+            json!({ "retentionPolicy": { "name": "keep-2", "keepLast": 2, "prune": true } }),
+        );
+        check_schema::<api::BackupConfiguration>(&cfg).unwrap();
+        assert_eq!(cfg["spec"]["target"]["ref"]["apiVersion"], "apps/v1");
+    }
 }

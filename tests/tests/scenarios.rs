@@ -710,7 +710,12 @@ async fn standalone_pvc_is_backed_up_and_restored_through_short_lived_pods() {
             },
             |evs| {
                 evs.iter()
-                    .map(|e| format!("{:?} {:?}: {:?}", e.involved_object.name, e.reason, e.message))
+                    .map(|e| {
+                        format!(
+                            "{:?} {:?}: {:?}",
+                            e.involved_object.name, e.reason, e.message
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             },
@@ -723,22 +728,7 @@ async fn standalone_pvc_is_backed_up_and_restored_through_short_lived_pods() {
         );
 
         let target = t.local_claim("restored").await?;
-        let rs: RestoreSession = serde_json::from_value(json!({
-            "apiVersion": "hoard.dev/v1beta1",
-            "kind": "RestoreSession",
-            "metadata": { "name": "restore" },
-            "spec": {
-                "repository": { "name": e2e::REPO_NAME },
-                "target": {
-                    "ref": { "apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "restored" },
-                    "volumeMounts": [{ "name": DATA_VOLUME, "mountPath": workloads::DATA_PATH }],
-                },
-                "rules": [
-                    { "targetHosts": [], "sourceHost": "host-0", "paths": [workloads::DATA_PATH] },
-                ],
-                "runtimeSettings": workloads::worker_runtime_settings(&t),
-            },
-        }))?;
+        let rs = workloads::pvc_restore_session(&t, "restore", "restored")?;
         let rs = t.api::<RestoreSession>().create(&pp(), &rs).await?;
         let rs_uid = rs.uid().context("the RestoreSession has no uid")?;
         let done = wait::object(
@@ -773,11 +763,17 @@ async fn standalone_pvc_is_backed_up_and_restored_through_short_lived_pods() {
                 holds.iter().map(|(n, _)| n).collect::<Vec<_>>()
             );
             let (pod, rec) = &holds[0];
-            ensure!(rec.exit_code == 0, "restore-wait of {pod} exited {}", rec.exit_code);
+            ensure!(
+                rec.exit_code == 0,
+                "restore-wait of {pod} exited {}",
+                rec.exit_code
+            );
             ensure!(
                 rec.volumes.get(DATA_VOLUME) == Some(&files),
                 "when restore-wait of {pod} let it start, the PVC held {:?}, want {:?}",
-                rec.volumes.get(DATA_VOLUME).map(|f| f.keys().collect::<Vec<_>>()),
+                rec.volumes
+                    .get(DATA_VOLUME)
+                    .map(|f| f.keys().collect::<Vec<_>>()),
                 files.keys()
             );
         }
