@@ -1,7 +1,7 @@
 //! What a failed test leaves for its reader: the pods, sessions,
 //! configurations and events of its namespace, and the processes' logs.
 
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
@@ -61,6 +61,27 @@ pub async fn dump(t: &TestCtx) {
             }
         }
         Err(e) => out.push_str(&format!("cannot list pods: {e}\n")),
+    }
+    match t.api::<PersistentVolumeClaim>().list(&lp).await {
+        Ok(l) if !l.items.is_empty() => {
+            out.push_str("--- persistentvolumeclaims\n");
+            for c in &l.items {
+                out.push_str(&format!(
+                    "{} phase={} volumeName={}\n",
+                    c.name_any(),
+                    c.status
+                        .as_ref()
+                        .and_then(|s| s.phase.clone())
+                        .unwrap_or_default(),
+                    c.spec
+                        .as_ref()
+                        .and_then(|s| s.volume_name.clone())
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        Ok(_) => {}
+        Err(e) => out.push_str(&format!("cannot list persistentvolumeclaims: {e}\n")),
     }
     async fn yaml<K>(api: Api<K>, what: &str, out: &mut String)
     where
