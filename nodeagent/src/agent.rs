@@ -97,6 +97,11 @@ pub struct Agent {
     /// the pod is deleted, so the host fails at once with that reason and
     /// the agent's open directories do not hold up the kubelet's unmount.
     pod_transfers: Mutex<HashMap<(String, String, String), CancelToken>>,
+    /// One writer at a time per session UID among this agent's hosts: they
+    /// would otherwise reject each other's optimistic status patches (20
+    /// hosts queued at once exhausted [`crate::status::MAX_ATTEMPTS`]), so
+    /// only other nodes' agents can make a write retry.
+    status_writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The session's `nice`/`ionice`.
@@ -239,6 +244,7 @@ impl Agent {
             backed_up: Mutex::new(HashSet::new()),
             retention_started: Mutex::new(HashSet::new()),
             pod_transfers: Mutex::new(HashMap::new()),
+            status_writers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -320,6 +326,34 @@ impl Agent {
                 t.cancel();
             }
         }
+    }
+
+    /// Writes `host`'s entry in the session's `status.stats`, after this
+    /// agent's other writes to the same session.
+    async fn write_host_entry<K, E>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        session: &str,
+        session_uid: &str,
+        host: &str,
+        entry: &E,
+    ) -> Result<(), crate::status::StatusError>
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+        E: serde::Serialize,
+    {
+        let turn = {
+            let mut m = self
+                .status_writers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            // sessions this agent no longer writes to: drop their locks
+            m.retain(|_, l| Arc::strong_count(l) > 1);
+            m.entry(session_uid.to_string()).or_default().clone()
+        };
+        let _turn = turn.lock().await;
+        crate::status::upsert_host_entry(api, kind, session, host, entry).await
     }
 
     async fn event<K: Resource<DynamicType = ()>>(
@@ -487,9 +521,16 @@ impl Agent {
         };
         let api: Api<BackupSession> =
             Api::namespaced(self.client.clone(), &bs.namespace().unwrap_or_default());
-        if let Err(e) =
-            crate::status::upsert_host_entry(&api, "BackupSession", &bs.name_any(), host, &entry)
-                .await
+        if let Err(e) = self
+            .write_host_entry(
+                &api,
+                "BackupSession",
+                &bs.name_any(),
+                &bs.uid().unwrap_or_default(),
+                host,
+                &entry,
+            )
+            .await
         {
             tracing::warn!(error = %e, host, "status write failed");
         }
@@ -520,8 +561,9 @@ impl Agent {
             phase: Some(Phase::Running),
             ..Default::default()
         };
-        if let Err(e) =
-            crate::status::upsert_host_entry(&api, "BackupSession", &name, host, &running).await
+        if let Err(e) = self
+            .write_host_entry(&api, "BackupSession", &name, &uid, host, &running)
+            .await
         {
             tracing::warn!(error = %e, host, "status write failed");
         }
@@ -548,7 +590,7 @@ impl Agent {
                 pod,
                 &progress,
                 &api,
-                &name,
+                bs,
                 &tref,
                 cancel.clone(),
             )
@@ -595,8 +637,9 @@ impl Agent {
                     tref.name.clone(),
                 ));
         }
-        if let Err(e) =
-            crate::status::upsert_host_entry(&api, "BackupSession", &name, host, &entry).await
+        if let Err(e) = self
+            .write_host_entry(&api, "BackupSession", &name, &uid, host, &entry)
+            .await
         {
             tracing::warn!(error = %e, host, "final status write failed");
         }
@@ -634,10 +677,11 @@ impl Agent {
         pod: &Pod,
         progress: &HostProgress,
         api: &Api<BackupSession>,
-        name: &str,
+        bs: &BackupSession,
         tref: &TargetRef,
         cancel: CancelToken,
     ) -> Result<crate::work::HostBackupReport, HostFailure> {
+        let name = bs.name_any();
         let access = self.repo_access(ns, &cfg.spec.repository.name).await?;
         let pvs = self.claims_to_pvs(ns, pod).await;
         if cancel.is_cancelled() {
@@ -684,9 +728,11 @@ impl Agent {
                 progress: Some(progress.to_api()),
                 ..Default::default()
             };
-            let (name, host) = (name.to_string(), host.to_string());
+            let (name, host) = (name.clone(), host.to_string());
+            let uid = bs.uid().unwrap_or_default();
             async move {
-                crate::status::upsert_host_entry(&api, "BackupSession", &name, &host, &entry).await
+                self.write_host_entry(&api, "BackupSession", &name, &uid, &host, &entry)
+                    .await
             }
         })
         .await?
@@ -800,11 +846,11 @@ impl Agent {
         let target_label = format!("{}/{}", tref.kind, tref.name);
         let write = |entry: api::HostRestoreStats| {
             let api = api.clone();
-            let (name, host) = (name.clone(), host.to_string());
+            let (name, uid, host) = (name.clone(), uid.clone(), host.to_string());
             async move {
-                if let Err(e) =
-                    crate::status::upsert_host_entry(&api, "RestoreSession", &name, &host, &entry)
-                        .await
+                if let Err(e) = self
+                    .write_host_entry(&api, "RestoreSession", &name, &uid, &host, &entry)
+                    .await
                 {
                     tracing::warn!(error = %e, host, "status write failed");
                 }
@@ -954,8 +1000,10 @@ impl Agent {
                 ..Default::default()
             };
             let (name, host) = (name.clone(), host.to_string());
+            let uid = rs.uid().unwrap_or_default();
             async move {
-                crate::status::upsert_host_entry(&api, "RestoreSession", &name, &host, &entry).await
+                self.write_host_entry(&api, "RestoreSession", &name, &uid, &host, &entry)
+                    .await
             }
         })
         .await?
