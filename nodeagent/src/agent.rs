@@ -102,6 +102,10 @@ pub struct Agent {
     /// hosts queued at once exhausted [`crate::status::MAX_ATTEMPTS`]), so
     /// only other nodes' agents can make a write retry.
     status_writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// (namespace, name) of `Recovery`s waiting for their host's pod to run
+    /// on some node: handled again when a pod of that namespace starts
+    /// running here.
+    waiting_recoveries: Mutex<HashSet<(String, String)>>,
 }
 
 /// The session's `nice`/`ionice`.
@@ -245,6 +249,7 @@ impl Agent {
             retention_started: Mutex::new(HashSet::new()),
             pod_transfers: Mutex::new(HashMap::new()),
             status_writers: Mutex::new(HashMap::new()),
+            waiting_recoveries: Mutex::new(HashSet::new()),
         })
     }
 
@@ -1009,8 +1014,46 @@ impl Agent {
         .await?
     }
 
-    /// A pod on this node held for a restore: handle its session.
+    /// A pod on this node held for a restore: handle its session. A pod
+    /// running: the `Recovery`s of its namespace that waited for a pod.
     fn on_pod(self: Arc<Self>, p: Pod) {
+        let ns = p.namespace().unwrap_or_default();
+        if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+            let waiting: Vec<String> = self
+                .waiting_recoveries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(n, _)| *n == ns)
+                .map(|(_, name)| name.clone())
+                .collect();
+            if !waiting.is_empty() {
+                let agent = self.clone();
+                let ns = ns.clone();
+                tokio::spawn(async move {
+                    let api: Api<api::Recovery> = Api::namespaced(agent.client.clone(), &ns);
+                    for name in waiting {
+                        match api.get_opt(&name).await {
+                            Ok(Some(rec)) => {
+                                if let Err(e) = agent.handle_recovery(rec).await {
+                                    tracing::warn!(error = %e, "recovery");
+                                }
+                            }
+                            Ok(None) => {
+                                agent
+                                    .waiting_recoveries
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .remove(&(ns.clone(), name));
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, recovery = %name, "reading Recovery")
+                            }
+                        }
+                    }
+                });
+            }
+        }
         let Some(session) = p
             .annotations()
             .get(keys::ANNOTATION_RESTORE_SESSION)
@@ -1018,7 +1061,6 @@ impl Agent {
         else {
             return;
         };
-        let ns = p.namespace().unwrap_or_default();
         tokio::spawn(async move {
             let api: Api<RestoreSession> = Api::namespaced(self.client.clone(), &ns);
             match api.get_opt(&session).await {

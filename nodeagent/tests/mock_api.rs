@@ -1321,18 +1321,24 @@ async fn recovery_restores_a_statefulset_host_into_a_host_path() {
     );
     let pods = vec![pod("web-1", "uid-1", "node-a")];
     let lister = tokio::spawn(async move {
-        let (req, send) = handle.next_request().await.unwrap();
-        assert_eq!(req.uri().path(), "/api/v1/namespaces/demo/pods");
-        respond(
-            send,
-            StatusCode::OK,
-            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}),
-        );
+        // its node's pods, then every node's: web-1 runs on node-a
+        for _ in 0..2 {
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.uri().path(), "/api/v1/namespaces/demo/pods");
+            respond(
+                send,
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}),
+            );
+        }
         handle.next_request().await.is_none()
     });
     other.handle_recovery(rec).await.unwrap();
     drop(other);
-    assert!(lister.await.unwrap(), "node-b's agent only listed pods");
+    assert!(
+        lister.await.unwrap(),
+        "node-b's agent only listed pods (node-a runs web-1: no waiting message)"
+    );
 }
 
 /// The pod is deleted while its host is being backed up: the host fails at
@@ -1862,3 +1868,110 @@ async fn many_hosts_on_one_node_all_get_their_status_without_conflicts() {
         "Running and the result once per host: no write was rejected as stale"
     );
 }
+
+/// A Recovery of `host-1` while web-1 runs on no node (Pending on node-b):
+/// no agent can start it, and the status says what it waits for instead of
+/// staying an empty Pending. The write is guarded by the resourceVersion
+/// (another agent may have started it meanwhile) and not repeated once the
+/// message is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_without_a_running_pod_says_what_it_waits_for() {
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        Kubelet::new("/nonexistent"),
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let recovery = json!({
+        "apiVersion": "hoard.dev/v1alpha1", "kind": "Recovery",
+        "metadata": {"name": "rec-1", "namespace": "demo", "uid": "rec-uid", "resourceVersion": "7"},
+        "spec": {
+            "restic": "ss-backup",
+            "workload": {"kind": "StatefulSet", "name": "web"},
+            "podOrdinal": 1,
+            "volumes": [{"name": "data", "hostPath": {"path": "/var/lib/hoard/recovery/web-1"}}]
+        }
+    });
+    let mut pending = pod("web-1", "uid-1", "node-b");
+    pending["status"]["phase"] = json!("Pending");
+    let running0 = pod("web-0", "uid-0", "node-a");
+    let rec0 = recovery.clone();
+    let server = tokio::spawn(async move {
+        let (mut written, mut patches) = (None, 0);
+        while let Some((req, send)) = handle.next_request().await {
+            let (method, path) = (req.method().clone(), req.uri().path().to_string());
+            let query = req.uri().query().unwrap_or("").to_string();
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            match (method, path.as_str()) {
+                (Method::GET, "/api/v1/namespaces/demo/pods") => {
+                    // this node's pods, or every node's
+                    let items = if query.contains("fieldSelector") {
+                        vec![running0.clone()]
+                    } else {
+                        vec![running0.clone(), pending.clone()]
+                    };
+                    respond(
+                        send,
+                        StatusCode::OK,
+                        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}),
+                    );
+                }
+                (
+                    Method::GET,
+                    "/apis/hoard.dev/v1alpha1/namespaces/demo/recoveries/rec-1/status",
+                ) => {
+                    respond(send, StatusCode::OK, rec0.clone());
+                }
+                (
+                    Method::PATCH,
+                    "/apis/hoard.dev/v1alpha1/namespaces/demo/recoveries/rec-1/status",
+                ) => {
+                    patches += 1;
+                    let patch: json_patch::Patch = serde_json::from_slice(&body).unwrap();
+                    let mut next = rec0.clone();
+                    json_patch::patch(&mut next, &patch)
+                        .expect("the patch applies to the object read");
+                    let mut stale = rec0.clone();
+                    stale["metadata"]["resourceVersion"] = json!("8");
+                    assert!(
+                        json_patch::patch(&mut stale, &patch).is_err(),
+                        "the write is guarded by resourceVersion"
+                    );
+                    written = Some(next.clone());
+                    respond(send, StatusCode::OK, next);
+                }
+                (m, p) => panic!("unexpected request {m} {p}?{query}"),
+            }
+        }
+        (written, patches)
+    });
+    let rec: api::Recovery = serde_json::from_value(recovery.clone()).unwrap();
+    agent.handle_recovery(rec).await.unwrap();
+    // the watch brings the object back with the message: no second write
+    let mut seen = recovery;
+    seen["status"] = json!({"phase": "Pending", "message": WAITING});
+    seen["metadata"]["resourceVersion"] = json!("8");
+    agent
+        .handle_recovery(serde_json::from_value(seen).unwrap())
+        .await
+        .unwrap();
+    drop(agent);
+    let (written, patches) = tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("the agent stopped asking")
+        .unwrap();
+    let written = written.expect("the Recovery's status was written");
+    assert_eq!(patches, 1);
+    let st = &written["status"];
+    assert_eq!(st["phase"], "Pending", "{st}");
+    assert_eq!(st["message"], WAITING, "{st}");
+}
+
+const WAITING: &str = "waiting for pod web-1 (host-1) of StatefulSet demo/web to be Running on some node (it is Pending on node-b); the agent on that node starts the recovery then";
