@@ -1010,7 +1010,7 @@ async fn a_secret_not_shared_with_the_namespace_is_refused() {
 /// (restic check --read-data passes afterwards), records
 /// the outcome in `status.retention`, posts an event and writes the
 /// `Repository` status. An agent on another node that ran no host of the
-/// session makes no request at all.
+/// session only lists its node's pods (host-0 is not among them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_runs_once_after_a_successful_session() {
     use nodeagent::work::{HostProgress, HostVolume, TransferSettings, run_backup_host};
@@ -1206,9 +1206,23 @@ async fn retention_runs_once_after_a_successful_session() {
     );
     other.handle_backup_session(bs).await.unwrap();
     drop(other);
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req.uri().path(), "/api/v1/namespaces/demo/pods");
+    assert!(
+        req.uri()
+            .query()
+            .unwrap()
+            .contains("spec.nodeName%3Dnode-b")
+    );
+    respond(
+        send,
+        StatusCode::OK,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+               "items": [pod("web-0", "uid-0", "node-a")]}),
+    );
     assert!(
         handle.next_request().await.is_none(),
-        "no request from an agent that does not own retention"
+        "no request but its node's pods from an agent that does not own retention"
     );
 }
 
@@ -1975,3 +1989,135 @@ async fn a_recovery_without_a_running_pod_says_what_it_waits_for() {
 }
 
 const WAITING: &str = "waiting for pod web-1 (host-1) of StatefulSet demo/web to be Running on some node (it is Pending on node-b); the agent on that node starts the recovery then";
+
+/// The agent restarted between host-0's backup and the session's
+/// `Succeeded`: the new process remembers nothing, yet it applies the
+/// retention policy, because it derives ownership from the session's
+/// status and its node's pods (web-0, host-0, runs here). A second new
+/// process seeing a stale `Succeeded` event (no `status.retention` in it)
+/// does not apply it again: the claim is a guarded write of
+/// `status.retention`, so retention runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_survives_an_agent_restart_and_runs_once() {
+    use nodeagent::work::{HostProgress, HostVolume, TransferSettings, run_backup_host};
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    std::fs::create_dir_all(kroot.join("pods")).unwrap();
+    let host_root = t.path().join("host");
+    let repo_dir = host_root.join("var/hoard/repo");
+    let repo = Repository::init(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+    // yesterday's and today's backups of host-0 (today's by the old process)
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for day in ["yesterday", "today"] {
+        std::fs::write(src.join("a"), day).unwrap();
+        let r = run_backup_host(
+            &repo,
+            "host-0",
+            &[HostVolume {
+                volume: "data".into(),
+                snapshot_path: "/source/data".into(),
+                dir: nodeagent::beneath::SecureDir::open_root(&src).unwrap(),
+            }],
+            &TransferSettings {
+                tags: vec![
+                    "backupconfiguration=ss-backup".into(),
+                    "target=StatefulSet/web".into(),
+                ],
+                ..Default::default()
+            },
+            &HostProgress::default(),
+        );
+        assert!(r.error.is_none());
+    }
+    drop(repo);
+
+    let mut cfg = config();
+    cfg["spec"]["retentionPolicy"] = json!({"name": "keep-last", "keepLast": 1});
+    let succeeded = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid", "resourceVersion": "9"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}},
+        "status": {"phase": "Succeeded", "stats": [
+            {"hostname": "host-0", "phase": "Succeeded",
+             "target": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web"}}
+        ]}
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: cfg,
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        session: succeeded.clone(),
+        rv: 9,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
+        ..Default::default()
+    }));
+    let fresh_agent = || {
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let mut kubelet = Kubelet::new(&kroot);
+        kubelet.host_root = Some(host_root.clone());
+        let agent = Agent::new(
+            kube::Client::new(svc, "default"),
+            "node-a".into(),
+            "hoard-system".into(),
+            kubelet,
+            1,
+            Metrics::new(),
+            Duration::from_secs(3600),
+        );
+        (agent, tokio::spawn(api_server(handle, world.clone())))
+    };
+    let bs: api::BackupSession = serde_json::from_value(succeeded).unwrap();
+
+    // the restarted process
+    let (agent, server) = fresh_agent();
+    agent.handle_backup_session(bs.clone()).await.unwrap();
+    if tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .is_err()
+    {
+        panic!(
+            "retention did not run; requests: {:?}",
+            world.lock().unwrap().log
+        );
+    }
+    drop(agent);
+    {
+        let w = world.lock().unwrap();
+        assert_eq!(w.events, ["RetentionApplied"]);
+        let r = &w.session["status"]["retention"];
+        assert_eq!(r["phase"], "Succeeded", "{r}");
+        assert_eq!(r["snapshotsRemoved"], 1, "{r}");
+        assert_eq!(r["node"], "node-a");
+    }
+
+    // another new process, shown the same stale event
+    let (again, server) = fresh_agent();
+    again.handle_backup_session(bs).await.unwrap();
+    // the server ends when the agent's last task lets go of its client
+    drop(again);
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("the second agent stopped asking")
+        .unwrap();
+    let w = world.lock().unwrap();
+    assert_eq!(w.events, ["RetentionApplied"], "applied once");
+    let writes = w
+        .log
+        .iter()
+        .filter(|(m, p)| m == "PATCH" && p.ends_with("/backupsessions/bs-1/status"))
+        .count();
+    assert_eq!(writes, 2, "the claim (Running) and the outcome, once");
+    let repo = Repository::open(Arc::new(LocalBackend::new(&repo_dir)), PASSWORD).unwrap();
+    assert_eq!(repo.snapshots().unwrap().len(), 1);
+}
