@@ -97,6 +97,15 @@ pub struct Agent {
     /// the pod is deleted, so the host fails at once with that reason and
     /// the agent's open directories do not hold up the kubelet's unmount.
     pod_transfers: Mutex<HashMap<(String, String, String), CancelToken>>,
+    /// One writer at a time per session UID among this agent's hosts: they
+    /// would otherwise reject each other's optimistic status patches (20
+    /// hosts queued at once exhausted [`crate::status::MAX_ATTEMPTS`]), so
+    /// only other nodes' agents can make a write retry.
+    status_writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// (namespace, name) of `Recovery`s waiting for their host's pod to run
+    /// on some node: handled again when a pod of that namespace starts
+    /// running here.
+    waiting_recoveries: Mutex<HashSet<(String, String)>>,
 }
 
 /// The session's `nice`/`ionice`.
@@ -239,6 +248,8 @@ impl Agent {
             backed_up: Mutex::new(HashSet::new()),
             retention_started: Mutex::new(HashSet::new()),
             pod_transfers: Mutex::new(HashMap::new()),
+            status_writers: Mutex::new(HashMap::new()),
+            waiting_recoveries: Mutex::new(HashSet::new()),
         })
     }
 
@@ -320,6 +331,34 @@ impl Agent {
                 t.cancel();
             }
         }
+    }
+
+    /// Writes `host`'s entry in the session's `status.stats`, after this
+    /// agent's other writes to the same session.
+    async fn write_host_entry<K, E>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        session: &str,
+        session_uid: &str,
+        host: &str,
+        entry: &E,
+    ) -> Result<(), crate::status::StatusError>
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+        E: serde::Serialize,
+    {
+        let turn = {
+            let mut m = self
+                .status_writers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            // sessions this agent no longer writes to: drop their locks
+            m.retain(|_, l| Arc::strong_count(l) > 1);
+            m.entry(session_uid.to_string()).or_default().clone()
+        };
+        let _turn = turn.lock().await;
+        crate::status::upsert_host_entry(api, kind, session, host, entry).await
     }
 
     async fn event<K: Resource<DynamicType = ()>>(
@@ -487,9 +526,16 @@ impl Agent {
         };
         let api: Api<BackupSession> =
             Api::namespaced(self.client.clone(), &bs.namespace().unwrap_or_default());
-        if let Err(e) =
-            crate::status::upsert_host_entry(&api, "BackupSession", &bs.name_any(), host, &entry)
-                .await
+        if let Err(e) = self
+            .write_host_entry(
+                &api,
+                "BackupSession",
+                &bs.name_any(),
+                &bs.uid().unwrap_or_default(),
+                host,
+                &entry,
+            )
+            .await
         {
             tracing::warn!(error = %e, host, "status write failed");
         }
@@ -520,8 +566,9 @@ impl Agent {
             phase: Some(Phase::Running),
             ..Default::default()
         };
-        if let Err(e) =
-            crate::status::upsert_host_entry(&api, "BackupSession", &name, host, &running).await
+        if let Err(e) = self
+            .write_host_entry(&api, "BackupSession", &name, &uid, host, &running)
+            .await
         {
             tracing::warn!(error = %e, host, "status write failed");
         }
@@ -548,7 +595,7 @@ impl Agent {
                 pod,
                 &progress,
                 &api,
-                &name,
+                bs,
                 &tref,
                 cancel.clone(),
             )
@@ -595,8 +642,9 @@ impl Agent {
                     tref.name.clone(),
                 ));
         }
-        if let Err(e) =
-            crate::status::upsert_host_entry(&api, "BackupSession", &name, host, &entry).await
+        if let Err(e) = self
+            .write_host_entry(&api, "BackupSession", &name, &uid, host, &entry)
+            .await
         {
             tracing::warn!(error = %e, host, "final status write failed");
         }
@@ -634,10 +682,11 @@ impl Agent {
         pod: &Pod,
         progress: &HostProgress,
         api: &Api<BackupSession>,
-        name: &str,
+        bs: &BackupSession,
         tref: &TargetRef,
         cancel: CancelToken,
     ) -> Result<crate::work::HostBackupReport, HostFailure> {
+        let name = bs.name_any();
         let access = self.repo_access(ns, &cfg.spec.repository.name).await?;
         let pvs = self.claims_to_pvs(ns, pod).await;
         if cancel.is_cancelled() {
@@ -684,9 +733,11 @@ impl Agent {
                 progress: Some(progress.to_api()),
                 ..Default::default()
             };
-            let (name, host) = (name.to_string(), host.to_string());
+            let (name, host) = (name.clone(), host.to_string());
+            let uid = bs.uid().unwrap_or_default();
             async move {
-                crate::status::upsert_host_entry(&api, "BackupSession", &name, &host, &entry).await
+                self.write_host_entry(&api, "BackupSession", &name, &uid, &host, &entry)
+                    .await
             }
         })
         .await?
@@ -800,11 +851,11 @@ impl Agent {
         let target_label = format!("{}/{}", tref.kind, tref.name);
         let write = |entry: api::HostRestoreStats| {
             let api = api.clone();
-            let (name, host) = (name.clone(), host.to_string());
+            let (name, uid, host) = (name.clone(), uid.clone(), host.to_string());
             async move {
-                if let Err(e) =
-                    crate::status::upsert_host_entry(&api, "RestoreSession", &name, &host, &entry)
-                        .await
+                if let Err(e) = self
+                    .write_host_entry(&api, "RestoreSession", &name, &uid, &host, &entry)
+                    .await
                 {
                     tracing::warn!(error = %e, host, "status write failed");
                 }
@@ -954,15 +1005,55 @@ impl Agent {
                 ..Default::default()
             };
             let (name, host) = (name.clone(), host.to_string());
+            let uid = rs.uid().unwrap_or_default();
             async move {
-                crate::status::upsert_host_entry(&api, "RestoreSession", &name, &host, &entry).await
+                self.write_host_entry(&api, "RestoreSession", &name, &uid, &host, &entry)
+                    .await
             }
         })
         .await?
     }
 
-    /// A pod on this node held for a restore: handle its session.
+    /// A pod on this node held for a restore: handle its session. A pod
+    /// running: the `Recovery`s of its namespace that waited for a pod.
     fn on_pod(self: Arc<Self>, p: Pod) {
+        let ns = p.namespace().unwrap_or_default();
+        if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+            let waiting: Vec<String> = self
+                .waiting_recoveries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(n, _)| *n == ns)
+                .map(|(_, name)| name.clone())
+                .collect();
+            if !waiting.is_empty() {
+                let agent = self.clone();
+                let ns = ns.clone();
+                tokio::spawn(async move {
+                    let api: Api<api::Recovery> = Api::namespaced(agent.client.clone(), &ns);
+                    for name in waiting {
+                        match api.get_opt(&name).await {
+                            Ok(Some(rec)) => {
+                                if let Err(e) = agent.handle_recovery(rec).await {
+                                    tracing::warn!(error = %e, "recovery");
+                                }
+                            }
+                            Ok(None) => {
+                                agent
+                                    .waiting_recoveries
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .remove(&(ns.clone(), name));
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, recovery = %name, "reading Recovery")
+                            }
+                        }
+                    }
+                });
+            }
+        }
         let Some(session) = p
             .annotations()
             .get(keys::ANNOTATION_RESTORE_SESSION)
@@ -970,7 +1061,6 @@ impl Agent {
         else {
             return;
         };
-        let ns = p.namespace().unwrap_or_default();
         tokio::spawn(async move {
             let api: Api<RestoreSession> = Api::namespaced(self.client.clone(), &ns);
             match api.get_opt(&session).await {

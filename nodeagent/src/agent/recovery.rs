@@ -25,6 +25,10 @@ use api::host::WorkloadKind;
 use api::phase::format_go_duration;
 use api::{BackupConfiguration, Phase, Recovery, RecoveryStatus, RestoreStats};
 
+use std::collections::BTreeSet;
+
+use kube::api::ListParams;
+
 use super::{Agent, AgentError, HostFailure, mounts_for};
 use crate::owner::{Op, owned_hosts};
 use crate::recovery::open_recovery_dir;
@@ -51,6 +55,7 @@ impl Agent {
     pub async fn handle_recovery(self: &Arc<Self>, rec: Recovery) -> Result<(), AgentError> {
         let prior = rec.status.as_ref().and_then(|s| s.phase);
         if prior.is_some_and(Phase::is_finished) {
+            self.recovery_waits(&rec, false);
             return Ok(());
         }
         let ns = rec.namespace().unwrap_or_default();
@@ -74,8 +79,15 @@ impl Agent {
             WorkloadKind::DaemonSet => rec.spec.node_name.as_deref() == Some(self.node.as_str()),
             _ => pod.is_some(),
         };
+        if !mine {
+            if kind != WorkloadKind::DaemonSet && prior.is_none_or(|p| p == Phase::Pending) {
+                self.note_recovery_waiting(&rec, kind, &host, &pods).await;
+            }
+            return Ok(());
+        }
+        self.recovery_waits(&rec, false);
         let uid = rec.uid().unwrap_or_default();
-        if !mine || !self.claim(&uid, CLAIM) {
+        if !self.claim(&uid, CLAIM) {
             return Ok(());
         }
         let agent = self.clone();
@@ -91,6 +103,105 @@ impl Agent {
             agent.release(&uid, CLAIM);
         });
         Ok(())
+    }
+
+    /// Marks `rec` as waiting for a pod (or not): a waiting Recovery is
+    /// handled again when a pod of its namespace starts running here.
+    fn recovery_waits(&self, rec: &Recovery, waits: bool) {
+        let key = (rec.namespace().unwrap_or_default(), rec.name_any());
+        let mut w = self
+            .waiting_recoveries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if waits {
+            w.insert(key);
+        } else {
+            w.remove(&key);
+        }
+    }
+
+    /// No agent can start `rec` when no node runs the pod of its host: the
+    /// status says what it waits for (once; guarded by resourceVersion, as
+    /// the agent of a node where the pod just started may be writing).
+    async fn note_recovery_waiting(
+        &self,
+        rec: &Recovery,
+        kind: WorkloadKind,
+        host: &str,
+        pods_here: &[Pod],
+    ) {
+        let ns = rec.namespace().unwrap_or_default();
+        let w = &rec.spec.workload;
+        // multi-host kinds were listed for this node only
+        let all = if kind.is_multi_host() {
+            match Api::<Pod>::namespaced(self.client.clone(), &ns)
+                .list(&ListParams::default())
+                .await
+            {
+                Ok(l) => l.items,
+                Err(e) => {
+                    tracing::warn!(error = %e, %ns, "listing pods for a Recovery");
+                    return;
+                }
+            }
+        } else {
+            pods_here.to_vec()
+        };
+        let nodes: BTreeSet<&str> = all
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
+            .collect();
+        if nodes.iter().any(|n| {
+            owned_hosts(n, kind, &w.name, Op::Backup, &all)
+                .iter()
+                .any(|o| o.host == host)
+        }) {
+            return; // that node's agent runs it
+        }
+        self.recovery_waits(rec, true);
+        let msg = waiting_message(kind, &ns, &w.kind, &w.name, host, &all);
+        if rec.status.as_ref().and_then(|s| s.message.as_deref()) == Some(msg.as_str()) {
+            return;
+        }
+        let api: Api<Recovery> = Api::namespaced(self.client.clone(), &ns);
+        let name = rec.name_any();
+        for _ in 0..crate::status::MAX_ATTEMPTS {
+            let cur = match api.get_status(&name).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, recovery = %name, "reading Recovery status");
+                    return;
+                }
+            };
+            let st = cur.status.clone().unwrap_or_default();
+            if st.phase.is_some_and(|p| p != Phase::Pending)
+                || st.message.as_deref() == Some(msg.as_str())
+            {
+                return;
+            }
+            let patch = json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": cur.resource_version()},
+                {"op": "add", "path": "/status", "value": {"phase": "Pending", "message": msg}},
+            ]);
+            let patch = match serde_json::from_value(patch) {
+                Ok(p) => Patch::<()>::Json(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "encoding Recovery status");
+                    return;
+                }
+            };
+            match api
+                .patch_status(&name, &PatchParams::default(), &patch)
+                .await
+            {
+                Ok(_) => return,
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, recovery = %name, "writing Recovery status failed");
+                    return;
+                }
+            }
+        }
     }
 
     async fn write_recovery_status(&self, rec: &Recovery, st: &RecoveryStatus) {
@@ -343,5 +454,57 @@ impl Agent {
             })
             .await??;
         Ok(stats)
+    }
+}
+
+/// What a Recovery no agent can start waits for, in words.
+fn waiting_message(
+    kind: WorkloadKind,
+    ns: &str,
+    kind_name: &str,
+    name: &str,
+    host: &str,
+    pods: &[Pod],
+) -> String {
+    let state = |p: &Pod| {
+        let phase = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or("Pending");
+        match (
+            p.metadata.deletion_timestamp.is_some(),
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        ) {
+            (true, _) => "being deleted".to_string(),
+            (false, Some(node)) => format!("{phase} on {node}"),
+            (false, None) => format!("{phase}, not scheduled to a node yet"),
+        }
+    };
+    let ordinal = host.strip_prefix("host-");
+    match (kind, ordinal) {
+        (WorkloadKind::StatefulSet, Some(n)) => {
+            let pod = format!("{name}-{n}");
+            let now = match pods
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(&pod))
+            {
+                Some(p) => format!("it is {}", state(p)),
+                None => "it does not exist".to_string(),
+            };
+            format!(
+                "waiting for pod {pod} ({host}) of {kind_name} {ns}/{name} to be Running on some node ({now}); the agent on that node starts the recovery then"
+            )
+        }
+        _ => {
+            let mine: Vec<&Pod> = pods
+                .iter()
+                .filter(|p| crate::owner::belongs_to(p, kind, name))
+                .collect();
+            format!(
+                "waiting for a Running pod of {kind_name} {ns}/{name} ({host}) on some node ({} of its pods exist, none Running); the agent on that node starts the recovery then",
+                mine.len()
+            )
+        }
     }
 }

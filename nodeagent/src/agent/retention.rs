@@ -1,9 +1,11 @@
 //! Retention after a `BackupSession` succeeded, and the `Repository` status.
 //!
 //! Data flow: the session turns `Succeeded` (the controllers roll it up) →
-//! every agent sees it; only the one that backed up its first host
-//! ([`retention_owner`]) and has not started it yet goes on →
-//! `status.retention` = Running → on a transfer thread: open the repository,
+//! every agent sees it; only the one that owns its first host
+//! ([`retention_owner`]) goes on: the process that backed it up, or (after
+//! a restart, or when the pod moved) the agent whose node's pods make the
+//! host its own → it claims the run by writing `status.retention` = Running
+//! where there is none, guarded by resourceVersion → on a transfer thread: open the repository,
 //! [`apply_retention`] (forget under the engine's exclusive lock, prune if
 //! asked), [`summarize`], [`check_integrity`] (structure only, shared lock)
 //! → `status.retention` = outcome, an event, and the `Repository`'s status
@@ -11,9 +13,10 @@
 //! message and the check time; a Warning event on the `Repository` when the
 //! check found errors).
 //!
-//! Exactly one agent: the owner is computed from the session's status, the
-//! same on every node, and one agent ran that host. Never two at once on a
-//! repository: forget holds the exclusive repository lock (as restic's
+//! Exactly once: the owner host is computed from the session's status, the
+//! same on every node, and the claim is a compare-and-swap on the session,
+//! so a restarted process or a second candidate finds it taken. Never two
+//! at once on a repository: forget holds the exclusive repository lock (as restic's
 //! does), so a concurrent forget/prune — or a backup, which holds a shared
 //! lock — makes it wait and retry ([`LOCK_RETRIES`]).
 
@@ -25,9 +28,11 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use api::{BackupConfiguration, BackupSession, Phase, RetentionStatus};
+use api::host::WorkloadKind;
+use api::{BackupConfiguration, BackupSession, Phase, RetentionStatus, TargetRef};
 
 use super::{Agent, HostFailure, priority_of};
+use crate::owner::{Op, owned_hosts};
 use crate::retention::{
     CheckFailed, Integrity, RepoSummary, RetentionError, RetentionReport, apply_retention,
     check_integrity, prune_after_forget, retention_owner, summarize,
@@ -160,25 +165,101 @@ impl Agent {
             return;
         };
         let uid = bs.uid().unwrap_or_default();
-        let (kind, name) = target.map(|t| (t.kind, t.name)).unwrap_or_default();
-        let mine = self
+        let (kind, name) = target.clone().map(|t| (t.kind, t.name)).unwrap_or_default();
+        let ran_it = self
             .backed_up
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&(uid.clone(), host, kind, name));
+            .contains(&(uid.clone(), host.clone(), kind, name));
         // decided once: the session's entries are not needed any more
         self.forget_backed_up(&uid);
-        if !mine
-            || !self
-                .retention_started
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(uid)
+        if self
+            .retention_started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&uid)
         {
             return;
         }
         let (agent, bs) = (self.clone(), bs.clone());
-        tokio::spawn(async move { agent.run_retention(&bs).await });
+        tokio::spawn(async move {
+            // A process that did not run the host (it restarted since, or
+            // the pod moved) asks its node's pods whose the host is now.
+            let mine = ran_it || agent.owns_host(&bs, &host, target.as_ref()).await;
+            if mine
+                && agent
+                    .retention_started
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(uid)
+            {
+                agent.run_retention(&bs).await;
+            }
+        });
+    }
+
+    /// Whether this node owns `host` of `target` for backups now.
+    async fn owns_host(&self, bs: &BackupSession, host: &str, target: Option<&TargetRef>) -> bool {
+        let Some(t) = target else {
+            return false;
+        };
+        let Some(kind) = WorkloadKind::parse(&t.kind) else {
+            return false;
+        };
+        let ns = bs.namespace().unwrap_or_default();
+        match self.pods_for(&ns, kind).await {
+            Ok(pods) => owned_hosts(&self.node, kind, &t.name, Op::Backup, &pods)
+                .iter()
+                .any(|o| o.host == host),
+            Err(e) => {
+                tracing::warn!(error = %e, session = %bs.name_any(), "retention owner: listing pods");
+                false
+            }
+        }
+    }
+
+    /// Claims the session's retention by writing `status.retention`
+    /// (Running) only where there is none, guarded by resourceVersion:
+    /// however many agents or restarted processes try, one succeeds.
+    async fn claim_retention(&self, bs: &BackupSession, st: &RetentionStatus) -> bool {
+        let api: Api<BackupSession> =
+            Api::namespaced(self.client.clone(), &bs.namespace().unwrap_or_default());
+        let name = bs.name_any();
+        for _ in 0..crate::status::MAX_ATTEMPTS {
+            let cur = match api.get_status(&name).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, session = %name, "reading the session before retention");
+                    return false;
+                }
+            };
+            if cur.status.as_ref().is_none_or(|s| s.retention.is_some()) {
+                return false;
+            }
+            let patch = json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": cur.resource_version()},
+                {"op": "add", "path": "/status/retention", "value": st},
+            ]);
+            let patch = match serde_json::from_value(patch) {
+                Ok(p) => Patch::<()>::Json(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "encoding status.retention");
+                    return false;
+                }
+            };
+            match api
+                .patch_status(&name, &PatchParams::default(), &patch)
+                .await
+            {
+                Ok(_) => return true,
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, session = %name, "claiming retention failed");
+                    return false;
+                }
+            }
+        }
+        false
     }
 
     /// Drops what this process remembers about the hosts it backed up in
@@ -218,17 +299,22 @@ impl Agent {
             .as_ref()
             .ok()
             .and_then(|c| c.spec.retention_policy.clone());
-        self.write_retention(
-            bs,
-            &RetentionStatus {
-                phase: Some(Phase::Running),
-                dry_run: policy.as_ref().and_then(|p| p.dry_run),
-                node: Some(self.node.clone()),
-                start_time: Some(now()),
-                ..Default::default()
-            },
-        )
-        .await;
+        let claimed = self
+            .claim_retention(
+                bs,
+                &RetentionStatus {
+                    phase: Some(Phase::Running),
+                    dry_run: policy.as_ref().and_then(|p| p.dry_run),
+                    node: Some(self.node.clone()),
+                    start_time: Some(now()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        if !claimed {
+            tracing::debug!(%ns, %session, "retention already claimed");
+            return;
+        }
         tracing::info!(%ns, %session, config = %cfg_name, "applying retention");
         let repo_name = cfg.as_ref().ok().map(|c| c.spec.repository.name.clone());
         let result = match cfg {
