@@ -143,6 +143,10 @@ pub const LABEL_RESTORED_BY: &str = "hoard.dev/restored-by";
 /// events; this change is the event that tells it a pod to back up through
 /// now exists.
 pub const ANNOTATION_WORKER_READY: &str = "hoard.dev/worker-ready";
+/// Annotation on a worker pod: which attempt it is (`1`, `2`, …). A failed
+/// worker is replaced after a backoff by the next attempt, up to a limit;
+/// the newest pod carries the count, so it survives a controller restart.
+pub const ANNOTATION_WORKER_ATTEMPT: &str = "hoard.dev/worker-attempt";
 /// Finalizer the controllers put on sessions that own short-lived objects.
 pub const FINALIZER: &str = "hoard.dev/cleanup";
 
