@@ -6,7 +6,7 @@
 //! | annotation | value |
 //! |---|---|
 //! | `hoard.dev/backup` | `"true"` turns it on (`"false"` or absent: off) |
-//! | `hoard.dev/repository` | `Repository` name; absent: the cluster default |
+//! | `hoard.dev/repository` | `Repository` name; absent: one generated from the cluster-wide `RepositoryTemplate` ([`crate::template`]) |
 //! | `hoard.dev/volumes` | comma-separated pod volume names; absent: every data volume |
 //! | `hoard.dev/paths` | comma-separated absolute paths |
 //! | `hoard.dev/schedule` | cron schedule ([`crate::schedule`]); absent: the default |

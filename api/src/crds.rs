@@ -4,7 +4,9 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{BackupConfiguration, BackupSession, Recovery, Repository, RestoreSession};
+use crate::{
+    BackupConfiguration, BackupSession, Recovery, Repository, RepositoryTemplate, RestoreSession,
+};
 
 /// Every Hoard CRD, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
@@ -14,6 +16,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         BackupSession::crd(),
         RestoreSession::crd(),
         Recovery::crd(),
+        RepositoryTemplate::crd(),
     ]
 }
 

@@ -73,8 +73,15 @@ pub const ANNOTATION_SCHEDULE: &str = "hoard.dev/schedule";
 pub const ANNOTATION_RETENTION: &str = "hoard.dev/retention";
 /// Value of [`ANNOTATION_BACKUP`] that turns auto-backup on.
 pub const BACKUP_ENABLED: &str = "true";
-/// Label on a `BackupConfiguration` generated from auto-backup annotations.
+/// Label on a `BackupConfiguration` generated from auto-backup annotations,
+/// and on a `Repository` generated for it from a `RepositoryTemplate`.
 pub const LABEL_AUTO_BACKUP: &str = "hoard.dev/auto-backup";
+/// Label on a `Repository` generated from a `RepositoryTemplate`: the
+/// template's name (`kubectl get repo -A -l hoard.dev/repository-template=default`).
+pub const LABEL_REPOSITORY_TEMPLATE: &str = "hoard.dev/repository-template";
+/// Default `RepositoryTemplate` of auto-backup (`hoard-webhook
+/// --default-repository-template`).
+pub const DEFAULT_REPOSITORY_TEMPLATE: &str = "default";
 
 // ---------------------------------------------------------------------------
 // Restore hold (init-container injected by the webhook)
@@ -136,6 +143,10 @@ pub const LABEL_RESTORED_BY: &str = "hoard.dev/restored-by";
 /// events; this change is the event that tells it a pod to back up through
 /// now exists.
 pub const ANNOTATION_WORKER_READY: &str = "hoard.dev/worker-ready";
+/// Annotation on a worker pod: which attempt it is (`1`, `2`, …). A failed
+/// worker is replaced after a backoff by the next attempt, up to a limit;
+/// the newest pod carries the count, so it survives a controller restart.
+pub const ANNOTATION_WORKER_ATTEMPT: &str = "hoard.dev/worker-attempt";
 /// Finalizer the controllers put on sessions that own short-lived objects.
 pub const FINALIZER: &str = "hoard.dev/cleanup";
 

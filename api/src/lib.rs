@@ -15,6 +15,8 @@
 //! - [`host`]: host naming; [`rules`]: restore-rule matching;
 //! - [`phase`]: session roll-up and Go duration strings;
 //! - [`schedule`], [`retention`], [`auto_backup`]: annotation/field parsers;
+//! - [`template`]: the cluster-wide `RepositoryTemplate` of auto-backup and
+//!   its per-workload expansion;
 //! - [`pvc`]: PVC names per ordinal; [`crds`]: the CRDs generated from the types;
 //! - [`pod_security`]: the Pod Security `restricted` level checked on a pod spec.
 
@@ -45,6 +47,10 @@ pub mod restore;
 pub mod retention;
 pub mod rules;
 pub mod schedule;
+// kube's `printcolumn(...)` repeats `type_ = ...`, which clippy mistakes for
+// a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+pub mod template;
 
 pub use backup::{
     BackupConfiguration, BackupConfigurationSpec, BackupConfigurationStatus, BackupSession,
@@ -65,3 +71,4 @@ pub use restore::{
     HostRestoreStats, RestoreRule, RestoreSession, RestoreSessionSpec, RestoreSessionStatus,
     RestoreTarget,
 };
+pub use template::{RepositoryTemplate, RepositoryTemplateSpec};

@@ -83,6 +83,7 @@ fn check_strict(doc: &Value, file: &str) {
                 "BackupSession" => drop(strict::<api::BackupSession>(doc, &what)),
                 "RestoreSession" => drop(strict::<api::RestoreSession>(doc, &what)),
                 "Recovery" => drop(strict::<api::Recovery>(doc, &what)),
+                "RepositoryTemplate" => drop(strict::<api::RepositoryTemplate>(doc, &what)),
                 _ => panic!("{what}: unknown Hoard kind"),
             }
             let crd = hoard_crd(k);
@@ -344,6 +345,17 @@ fn webhook_permissions_cover_its_caches_and_writes() {
         );
     }
     assert!(grants(&rules, "hoard.dev", "backupsessions", "create"));
+    // Auto-backup: a Repository per workload from the default template,
+    // which is only read, by name.
+    assert!(grants(&rules, "hoard.dev", "repositories", "create"));
+    assert!(grants(&rules, "hoard.dev", "repositorytemplates", "get"));
+    for verb in ["list", "watch", "create", "patch", "update", "delete"] {
+        assert!(
+            !grants(&rules, "hoard.dev", "repositorytemplates", verb),
+            "repositorytemplates {verb}"
+        );
+    }
+    assert!(!grants(&rules, "hoard.dev", "repositories", "delete"));
     assert!(grants(&rules, "events.k8s.io", "events", "create"));
     assert!(
         !grants(&rules, "apps", "replicasets", "patch"),
@@ -647,7 +659,9 @@ fn webhook_deployment_passes_restricted_and_the_agreed_flags() {
             "--webhook-config",
             "hoard-webhook",
             "--image",
-            "$(IMAGE)"
+            "$(IMAGE)",
+            "--default-repository-template",
+            keys::DEFAULT_REPOSITORY_TEMPLATE,
         ]
     );
     let image = c

@@ -102,8 +102,14 @@ pub struct InjectArgs {
 
 #[derive(ClapArgs, Debug)]
 pub struct ControllerArgs {
+    /// Cluster-wide RepositoryTemplate from which auto-backup generates a
+    /// workload's own Repository (prefix per workload) when its pod template
+    /// does not name one with hoard.dev/repository. Empty: none.
+    #[arg(long, env = "HOARD_DEFAULT_REPOSITORY_TEMPLATE", default_value = api::keys::DEFAULT_REPOSITORY_TEMPLATE)]
+    pub default_repository_template: String,
     /// Repository (in the workload's namespace) that auto-backup uses when a
-    /// pod template does not name one with hoard.dev/repository.
+    /// pod template does not name one with hoard.dev/repository and the
+    /// RepositoryTemplate of --default-repository-template does not exist.
     #[arg(long, env = "HOARD_DEFAULT_REPOSITORY", default_value = crate::controllers::DEFAULT_REPOSITORY)]
     pub default_repository: String,
     /// Cron schedule of auto-backup when hoard.dev/schedule is absent.
@@ -281,6 +287,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 image: args.inject.image.clone(),
                 default_deadline: Duration::from_secs(args.inject.restore_deadline_seconds),
             },
+            default_repository_template: args.controllers.default_repository_template.clone(),
             default_repository: args.controllers.default_repository.clone(),
             default_schedule: args.controllers.default_schedule.clone(),
         };

@@ -4,8 +4,19 @@
 //! the workload so the garbage collector deletes it with the workload,
 //! labelled `hoard.dev/auto-backup`.
 //!
-//! Data flow: the reconciler reads the workload and the generated
-//! configuration; [`plan_auto_backup`] turns the annotations
+//! When the pod template names no `hoard.dev/repository`, the workload gets
+//! its own `Repository` (same name, its namespace) generated from the
+//! cluster-wide `RepositoryTemplate` of `--default-repository-template`, with
+//! the template's prefix expanded for the workload
+//! ([`api::template::expand_template`]). That Repository is owned by the
+//! template, not the workload: the snapshots stay restorable after the
+//! workload is deleted, and deleting the template removes what it generated
+//! (never the data). Without that template, the namespace's
+//! `--default-repository` is used.
+//!
+//! Data flow: the reconciler reads the workload, the generated
+//! configuration and (when needed) the template and the generated
+//! Repository; [`plan_auto_backup`] turns the annotations
 //! ([`api::auto_backup::parse_auto_backup`]) into the configuration as it
 //! should be; the reconciler applies it (server-side apply), deletes it when
 //! the annotation is gone or `"false"`, and puts a Warning event on the
@@ -31,7 +42,10 @@ use api::auto_backup::parse_auto_backup;
 use api::common::{RepositoryRef, TargetRef};
 use api::host::WorkloadKind;
 use api::keys::{self, FIELD_MANAGER};
-use api::{BackupConfiguration, BackupConfigurationSpec, BackupTarget};
+use api::template::{TemplateTarget, expand_template};
+use api::{
+    BackupConfiguration, BackupConfigurationSpec, BackupTarget, Repository, RepositoryTemplate,
+};
 
 use super::plan::Notice;
 use super::{Context, Error, Settings};
@@ -93,6 +107,9 @@ pub fn generated_name(kind: WorkloadKind, name: &str) -> String {
 /// What to do for one workload.
 #[derive(Debug, Clone, Default)]
 pub struct AutoPlan {
+    /// The Repository to apply (create or update) from the template, before
+    /// the configuration that names it.
+    pub apply_repository: Option<Repository>,
     /// The configuration to apply (create or update).
     pub apply: Option<BackupConfiguration>,
     /// The generated configuration to delete.
@@ -106,6 +123,98 @@ pub fn generated_for(bc: &BackupConfiguration, owner_uid: &str) -> bool {
         && bc.owner_references().iter().any(|o| o.uid == owner_uid)
 }
 
+/// `true` when `repo` was generated from a `RepositoryTemplate` (and may
+/// be rewritten from it).
+pub fn generated_from_template(repo: &Repository) -> bool {
+    repo.labels().get(keys::LABEL_AUTO_BACKUP).is_some()
+        && repo
+            .owner_references()
+            .iter()
+            .any(|o| o.kind == "RepositoryTemplate" && o.api_version.starts_with("hoard.dev/"))
+}
+
+/// The template in use and the Repository of the generated name, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct FromTemplate<'a> {
+    pub template: &'a RepositoryTemplate,
+    pub existing: Option<&'a Repository>,
+}
+
+/// The Repository `template` gives workload `kind`/`meta` (named like its
+/// configuration): `Ok(None)` when `existing` already is it, `Err` with
+/// the warning when the template cannot be used or the name is taken.
+pub fn plan_template_repository(
+    kind: WorkloadKind,
+    meta: &ObjectMeta,
+    t: FromTemplate<'_>,
+) -> Result<Option<Repository>, String> {
+    let name = meta.name.clone().unwrap_or_default();
+    let ns = meta.namespace.clone().unwrap_or_default();
+    let repo_name = generated_name(kind, &name);
+    let tpl_name = t.template.name_any();
+    if let Some(e) = t.existing
+        && !generated_from_template(e)
+    {
+        return Err(format!(
+            "Repository {repo_name} already exists and was not generated from a RepositoryTemplate; rename or delete it, or name the Repository to use with {} on the pod template of {kind} {name}",
+            keys::ANNOTATION_REPOSITORY
+        ));
+    }
+    let spec = expand_template(
+        &t.template.spec,
+        TemplateTarget {
+            namespace: &ns,
+            kind: kind.as_str(),
+            name: &name,
+        },
+    )
+    .map_err(|e| {
+        format!(
+            "RepositoryTemplate {tpl_name} cannot give {kind} {name} a Repository: {e}; ask the cluster administrator to fix the template, or name a Repository with {}",
+            keys::ANNOTATION_REPOSITORY
+        )
+    })?;
+    let mut labels = BTreeMap::from([(
+        keys::LABEL_AUTO_BACKUP.to_string(),
+        AUTO_BACKUP_LABEL_VALUE.to_string(),
+    )]);
+    if api::host::is_valid_label_value(&tpl_name) {
+        labels.insert(
+            keys::LABEL_REPOSITORY_TEMPLATE.to_string(),
+            tpl_name.clone(),
+        );
+    }
+    let owner = OwnerReference {
+        api_version: "hoard.dev/v1beta1".into(),
+        kind: "RepositoryTemplate".into(),
+        name: tpl_name,
+        uid: t.template.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    };
+    let repo = Repository {
+        metadata: ObjectMeta {
+            name: Some(repo_name),
+            namespace: Some(ns),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                keys::ANNOTATION_TARGET.to_string(),
+                api::host::target_annotation(kind, &name),
+            )])),
+            owner_references: Some(vec![owner.clone()]),
+            ..Default::default()
+        },
+        spec,
+        status: None,
+    };
+    let unchanged = t.existing.is_some_and(|e| {
+        e.spec == repo.spec
+            && e.labels() == repo.labels()
+            && e.owner_references().iter().any(|o| o.uid == owner.uid)
+    });
+    Ok((!unchanged).then_some(repo))
+}
+
 fn warning(note: String) -> Option<Notice> {
     Some(Notice {
         warning: true,
@@ -116,12 +225,15 @@ fn warning(note: String) -> Option<Notice> {
 }
 
 /// Decides for a workload of `kind` (`meta`, pod `template`) given the
-/// configuration of the generated name, if one exists.
+/// configuration of the generated name, if one exists, and the default
+/// `RepositoryTemplate`, if one exists and the annotations name no
+/// Repository.
 pub fn plan_auto_backup(
     kind: WorkloadKind,
     meta: &ObjectMeta,
     template: Option<&PodTemplateSpec>,
     existing: Option<&BackupConfiguration>,
+    from_template: Option<FromTemplate<'_>>,
     settings: &Settings,
 ) -> AutoPlan {
     let name = meta.name.clone().unwrap_or_default();
@@ -205,6 +317,25 @@ pub fn plan_auto_backup(
             ..Default::default()
         };
     }
+    // The Repository: named on the pod template, else generated from the
+    // template, else the namespace's default.
+    let mut apply_repository = None;
+    let repository = match (&auto.repository, from_template) {
+        (Some(r), _) => r.clone(),
+        (None, Some(t)) => match plan_template_repository(kind, meta, t) {
+            Ok(repo) => {
+                apply_repository = repo;
+                generated_name(kind, &name)
+            }
+            Err(note) => {
+                return AutoPlan {
+                    notice: warning(note),
+                    ..Default::default()
+                };
+            }
+        },
+        (None, None) => settings.default_repository.clone(),
+    };
     let owner = OwnerReference {
         api_version: "apps/v1".into(),
         kind: kind.as_str().into(),
@@ -226,12 +357,7 @@ pub fn plan_auto_backup(
             ..Default::default()
         },
         spec: BackupConfigurationSpec {
-            repository: RepositoryRef {
-                name: auto
-                    .repository
-                    .clone()
-                    .unwrap_or_else(|| settings.default_repository.clone()),
-            },
+            repository: RepositoryRef { name: repository },
             schedule: Some(
                 auto.schedule
                     .clone()
@@ -261,9 +387,21 @@ pub fn plan_auto_backup(
                 == Some(&AUTO_BACKUP_LABEL_VALUE.to_string())
     });
     AutoPlan {
+        apply_repository,
         apply: (!unchanged).then_some(bc),
         ..Default::default()
     }
+}
+
+/// The server-side apply body of `obj`: with its type, without status.
+fn apply_body<T: serde::Serialize>(obj: &T, kind: &str) -> serde_json::Value {
+    let mut body = serde_json::to_value(obj).unwrap_or_default();
+    if let Some(o) = body.as_object_mut() {
+        o.insert("apiVersion".into(), "hoard.dev/v1beta1".into());
+        o.insert("kind".into(), kind.into());
+        o.remove("status");
+    }
+    body
 }
 
 pub async fn reconcile<K: AutoBackupWorkload>(
@@ -315,34 +453,84 @@ pub async fn reconcile<K: AutoBackupWorkload>(
         ctx.succeeded(obj.as_ref());
         return Ok(Action::await_change());
     }
+    // The template (and what it generated) matter only when the pod
+    // template names no Repository.
+    let wants_template = !ctx.settings.default_repository_template.is_empty()
+        && parse_auto_backup(
+            obj.template()
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref()),
+        )
+        .is_ok_and(|a| a.is_some_and(|a| a.repository.is_none()));
+    let repos: Api<Repository> = Api::namespaced(ctx.client.clone(), &ns);
+    let (template, generated_repo) = if wants_template {
+        let t = Api::<RepositoryTemplate>::all(ctx.client.clone())
+            .get_opt(&ctx.settings.default_repository_template)
+            .await?;
+        let r = match &t {
+            Some(_) => repos.get_opt(&bc_name).await?,
+            None => None,
+        };
+        (t, r)
+    } else {
+        (None, None)
+    };
     let plan = plan_auto_backup(
         K::KIND,
         obj.meta(),
         obj.template(),
         existing.as_ref(),
+        template.as_ref().map(|template| FromTemplate {
+            template,
+            existing: generated_repo.as_ref(),
+        }),
         &ctx.settings,
     );
+    if let Some(repo) = &plan.apply_repository {
+        repos
+            .patch(
+                &bc_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&apply_body(repo, "Repository")),
+            )
+            .await?;
+        let tpl = &ctx.settings.default_repository_template;
+        info!(%ns, workload = %name, repository = %bc_name, template = %tpl, "auto-backup repository applied");
+        ctx.publish(
+            obj.as_ref(),
+            &Notice {
+                warning: false,
+                reason: "AutoBackupRepository",
+                action: "AutoBackup",
+                note: format!(
+                    "Repository {bc_name} {} from RepositoryTemplate {tpl}, with a location of its own for {} {name}",
+                    if generated_repo.is_some() {
+                        "updated"
+                    } else {
+                        "generated"
+                    },
+                    K::KIND
+                ),
+            },
+        )
+        .await;
+    }
     if let Some(bc) = &plan.apply {
-        let mut body = serde_json::to_value(bc).unwrap_or_default();
-        if let Some(o) = body.as_object_mut() {
-            o.insert("apiVersion".into(), "hoard.dev/v1beta1".into());
-            o.insert("kind".into(), "BackupConfiguration".into());
-            o.remove("status");
-        }
         bcs.patch(
             &bc_name,
             &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
+            &Patch::Apply(&apply_body(bc, "BackupConfiguration")),
         )
         .await?;
         info!(%ns, workload = %name, configuration = %bc_name, "auto-backup configuration applied");
         let note = format!(
-            "BackupConfiguration {bc_name} {} from the auto-backup annotations",
+            "BackupConfiguration {bc_name} {} from the auto-backup annotations (Repository {})",
             if existing.is_some() {
                 "updated"
             } else {
                 "generated"
-            }
+            },
+            bc.spec.repository.name
         );
         ctx.publish(
             obj.as_ref(),
@@ -437,6 +625,7 @@ mod tests {
             d.meta(),
             d.template(),
             None,
+            None,
             &Settings::default(),
         )
         .apply
@@ -469,6 +658,7 @@ mod tests {
             d.meta(),
             d.template(),
             Some(&bc),
+            None,
             &Settings::default(),
         );
         assert!(again.apply.is_none() && again.delete.is_none() && again.notice.is_none());
@@ -481,6 +671,7 @@ mod tests {
             WorkloadKind::Deployment,
             d.meta(),
             d.template(),
+            None,
             None,
             &Settings::default(),
         )
@@ -524,6 +715,7 @@ mod tests {
                 d.meta(),
                 d.template(),
                 None,
+                None,
                 &Settings::default(),
             );
             assert!(plan.apply.is_none());
@@ -546,6 +738,7 @@ mod tests {
                 d.meta(),
                 d.template(),
                 Some(&foreign),
+                None,
                 &Settings::default(),
             );
             assert!(plan.apply.is_none() && plan.delete.is_none());
@@ -582,6 +775,187 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(action, Action::requeue(RESYNC));
+    }
+
+    const TEMPLATE: &str = "/apis/hoard.dev/v1beta1/repositorytemplates/default";
+    const REPO: &str = "/apis/hoard.dev/v1beta1/namespaces/demo/repositories/deployment-web";
+
+    fn template(prefix: &str) -> RepositoryTemplate {
+        serde_json::from_value(json!({
+            "apiVersion": "hoard.dev/v1beta1", "kind": "RepositoryTemplate",
+            "metadata": { "name": "default", "uid": "uid-tpl" },
+            "spec": { "backend": {
+                "storageSecretName": "s3-creds",
+                "s3": { "endpoint": "s3.amazonaws.com", "bucket": "backups", "prefix": prefix }
+            } }
+        }))
+        .unwrap()
+    }
+
+    const PER_WORKLOAD: &str = "hoard/${TARGET_NAMESPACE}/${TARGET_KIND}/${TARGET_NAME}";
+
+    fn plan_with(tpl: &RepositoryTemplate, existing: Option<&Repository>) -> AutoPlan {
+        let d = deployment(&[(keys::ANNOTATION_BACKUP, "true")], 1);
+        plan_auto_backup(
+            WorkloadKind::Deployment,
+            d.meta(),
+            d.template(),
+            None,
+            Some(FromTemplate {
+                template: tpl,
+                existing,
+            }),
+            &Settings::default(),
+        )
+    }
+
+    #[test]
+    fn without_a_named_repository_the_template_gives_the_workload_its_own() {
+        let tpl = template(PER_WORKLOAD);
+        let plan = plan_with(&tpl, None);
+        let repo = plan.apply_repository.expect("a generated Repository");
+        assert_eq!(
+            (repo.name_any(), repo.namespace().as_deref()),
+            ("deployment-web".to_string(), Some(NS))
+        );
+        let s3 = repo.spec.backend.s3.as_ref().unwrap();
+        assert_eq!(s3.prefix.as_deref(), Some("hoard/demo/deployment/web"));
+        assert_eq!(
+            repo.spec.backend.storage_secret_name.as_deref(),
+            Some("s3-creds")
+        );
+        assert_eq!(repo.labels()[keys::LABEL_AUTO_BACKUP], "true");
+        assert_eq!(repo.labels()[keys::LABEL_REPOSITORY_TEMPLATE], "default");
+        // Owned by the template, not the workload: the snapshots stay
+        // restorable after the Deployment is deleted.
+        let owner = &repo.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("RepositoryTemplate", "uid-tpl")
+        );
+        let bc = plan.apply.expect("a configuration");
+        assert_eq!(bc.spec.repository.name, "deployment-web");
+        // Applied once: the same Repository again is left alone.
+        let again = plan_with(&tpl, Some(&repo));
+        assert!(again.apply_repository.is_none() && again.notice.is_none());
+        assert_eq!(again.apply.unwrap().spec.repository.name, "deployment-web");
+        // A changed template is applied to what it generated.
+        let moved = plan_with(&template(&format!("v2/{PER_WORKLOAD}")), Some(&repo));
+        let s3 = moved.apply_repository.unwrap().spec.backend.s3.unwrap();
+        assert_eq!(s3.prefix.as_deref(), Some("v2/hoard/demo/deployment/web"));
+    }
+
+    #[test]
+    fn a_template_that_would_share_a_path_or_a_foreign_repository_warns_and_applies_nothing() {
+        let plan = plan_with(&template("hoard/${TARGET_NAMESPACE}"), None);
+        assert!(plan.apply.is_none() && plan.apply_repository.is_none());
+        let n = plan.notice.unwrap();
+        assert!(n.warning);
+        assert!(
+            n.note
+                .contains("RepositoryTemplate default cannot give Deployment web a Repository")
+                && n.note.contains("${TARGET_KIND}, ${TARGET_NAME}")
+                && n.note.contains(keys::ANNOTATION_REPOSITORY),
+            "{}",
+            n.note
+        );
+        let mut foreign = plan_with(&template(PER_WORKLOAD), None)
+            .apply_repository
+            .unwrap();
+        foreign.metadata.labels = None;
+        foreign.metadata.owner_references = None;
+        let plan = plan_with(&template(PER_WORKLOAD), Some(&foreign));
+        assert!(plan.apply.is_none() && plan.apply_repository.is_none());
+        let n = plan.notice.unwrap();
+        assert!(
+            n.note
+                .contains("Repository deployment-web already exists and was not generated"),
+            "{}",
+            n.note
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unnamed_repository_is_generated_from_the_default_template() {
+        let d = deployment(&[(keys::ANNOTATION_BACKUP, "true")], 1);
+        verify_with(now, d, reconcile, |mut api: ApiServer| async move {
+            api.expect(Method::GET, BC, 404, not_found("deployment-web"))
+                .await;
+            api.expect(Method::GET, TEMPLATE, 200, json!(template(PER_WORKLOAD)))
+                .await;
+            api.expect(Method::GET, REPO, 404, not_found("deployment-web"))
+                .await;
+            let repo = api
+                .expect(
+                    Method::PATCH,
+                    &format!("{REPO}?&force=true&fieldManager=hoard"),
+                    200,
+                    json!(
+                        plan_with(&template(PER_WORKLOAD), None)
+                            .apply_repository
+                            .unwrap()
+                    ),
+                )
+                .await;
+            assert_eq!(repo["apiVersion"], "hoard.dev/v1beta1");
+            assert_eq!(repo["kind"], "Repository");
+            assert_eq!(
+                repo["spec"]["backend"]["s3"]["prefix"],
+                "hoard/demo/deployment/web"
+            );
+            assert_eq!(
+                repo["metadata"]["ownerReferences"][0]["kind"],
+                "RepositoryTemplate"
+            );
+            assert_eq!(api.event().await["reason"], "AutoBackupRepository");
+            let bc = api
+                .expect(
+                    Method::PATCH,
+                    &format!("{BC}?&force=true&fieldManager=hoard"),
+                    200,
+                    json!(generated()),
+                )
+                .await;
+            assert_eq!(bc["spec"]["repository"]["name"], "deployment-web");
+            let ev = api.event().await;
+            assert_eq!(ev["reason"], "AutoBackupConfigured");
+            assert!(
+                ev["note"]
+                    .as_str()
+                    .unwrap()
+                    .contains("(Repository deployment-web)")
+            );
+            api
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_the_template_the_namespace_default_repository_is_used() {
+        let d = deployment(&[(keys::ANNOTATION_BACKUP, "true")], 1);
+        verify_with(now, d, reconcile, |mut api: ApiServer| async move {
+            api.expect(Method::GET, BC, 404, not_found("deployment-web"))
+                .await;
+            api.expect(Method::GET, TEMPLATE, 404, not_found("default"))
+                .await;
+            let bc = api
+                .expect(
+                    Method::PATCH,
+                    &format!("{BC}?&force=true&fieldManager=hoard"),
+                    200,
+                    json!(generated()),
+                )
+                .await;
+            assert_eq!(
+                bc["spec"]["repository"]["name"],
+                super::super::DEFAULT_REPOSITORY
+            );
+            assert_eq!(api.event().await["reason"], "AutoBackupConfigured");
+            api
+        })
+        .await
+        .unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -41,6 +41,19 @@ pub(super) fn now() -> Timestamp {
     "2026-03-10T11:00:02Z".parse().unwrap()
 }
 
+thread_local! {
+    static EPOCH: std::cell::OnceCell<tokio::time::Instant> = const { std::cell::OnceCell::new() };
+}
+
+/// [`now`] moved on by tokio's (paused) clock since the test first asked:
+/// `tokio::time::advance` moves the reconcilers' clock too.
+pub(super) fn paused_now() -> Timestamp {
+    let start = EPOCH.with(|e| *e.get_or_init(tokio::time::Instant::now));
+    let gone = k8s_openapi::jiff::SignedDuration::try_from(tokio::time::Instant::now() - start)
+        .unwrap_or_default();
+    now().checked_add(gone).unwrap()
+}
+
 pub(super) fn late() -> Timestamp {
     // An hour and a bit after the sessions below were created.
     "2026-03-10T12:00:03Z".parse().unwrap()

@@ -108,8 +108,12 @@ pub struct Settings {
     /// Image and default deadline of `restore-wait` in worker pods (the
     /// webhook's own injection settings, so both hold pods the same way).
     pub inject: InjectConfig,
+    /// Cluster-scoped `RepositoryTemplate` from which auto-backup generates
+    /// a workload's own `Repository` when its pod template names none with
+    /// `hoard.dev/repository` (empty: no template).
+    pub default_repository_template: String,
     /// `Repository` (in the workload's namespace) that auto-backup uses when
-    /// a pod template names none with `hoard.dev/repository`.
+    /// a pod template names none and the template does not exist.
     pub default_repository: String,
     /// Schedule of auto-backup when `hoard.dev/schedule` is absent.
     pub default_schedule: String,
@@ -125,6 +129,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             inject: InjectConfig::default(),
+            default_repository_template: api::keys::DEFAULT_REPOSITORY_TEMPLATE.into(),
             default_repository: DEFAULT_REPOSITORY.into(),
             default_schedule: DEFAULT_SCHEDULE.into(),
         }

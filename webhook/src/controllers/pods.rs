@@ -12,6 +12,7 @@
 //! session, so deleting the session removes it.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod,
@@ -19,6 +20,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use api::common::PodRuntimeSettings;
 use api::keys;
@@ -62,6 +64,8 @@ pub struct WorkerPod<'a> {
     pub settings: Option<&'a PodRuntimeSettings>,
     /// How long `restore-wait` waits (the session's `timeOut`).
     pub deadline_seconds: u64,
+    /// Which attempt this pod is (1 for the first; see [`retry`]).
+    pub attempt: u32,
 }
 
 /// `<session>-<part>`, shortened to a DNS label that stays unique per
@@ -182,6 +186,10 @@ pub fn worker_pod(w: &WorkerPod<'_>, cfg: &InjectConfig) -> Pod {
     let mut annotations = BTreeMap::from([
         (keys::ANNOTATION_HOST.to_string(), w.host.clone()),
         (keys::ANNOTATION_TARGET.to_string(), w.target.clone()),
+        (
+            keys::ANNOTATION_WORKER_ATTEMPT.to_string(),
+            w.attempt.max(1).to_string(),
+        ),
     ]);
     if let Some(r) = w.restore {
         annotations.insert(keys::ANNOTATION_RESTORE_SESSION.to_string(), r.name.clone());
@@ -307,6 +315,162 @@ pub fn workers_of<'a>(pods: &'a [Pod], uid: &str) -> Vec<&'a Pod> {
         .collect()
 }
 
+/// Attempts a worker gets before its host is failed. A pod that failed
+/// this often (image, node, quota, eviction) is not going to work by itself;
+/// the session says so instead of waiting for its deadline.
+pub const WORKER_ATTEMPTS: u32 = 5;
+/// Wait after a worker's first failure, doubled per failure: 10, 20, 40 and
+/// 80 s, so all attempts fit well within the default 1 h session timeout
+/// while a flapping node or registry is not hammered.
+pub const WORKER_BACKOFF_BASE: Duration = Duration::from_secs(10);
+/// Longest wait between two attempts.
+pub const WORKER_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Wait after attempt `attempt` failed (1 → 10 s, 2 → 20 s, … ≤ 5 min).
+pub fn worker_backoff(attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(16);
+    WORKER_BACKOFF_BASE
+        .saturating_mul(1 << exp)
+        .min(WORKER_BACKOFF_MAX)
+}
+
+/// Name of attempt `attempt` of the worker `<session>-<part>`: the first
+/// keeps the plain name, later ones end in `-<attempt>`. Names differ per
+/// attempt, so the next pod can be created while the failed one goes.
+pub fn attempt_pod_name(session: &str, part: &str, attempt: u32) -> String {
+    if attempt <= 1 {
+        worker_pod_name(session, part)
+    } else {
+        worker_pod_name(session, &format!("{part}-{attempt}"))
+    }
+}
+
+/// Which attempt a worker pod is (its `hoard.dev/worker-attempt`; 1 when absent).
+pub fn attempt_of(pod: &Pod) -> u32 {
+    annotation(pod, keys::ANNOTATION_WORKER_ATTEMPT)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// `true` for a pod that failed and is not being deleted.
+pub fn has_failed(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+}
+
+/// When a failed pod failed: its last container's end, else its last
+/// condition change, else its start or creation.
+pub fn failed_at(pod: &Pod) -> Option<Timestamp> {
+    let st = pod.status.as_ref();
+    let ended = st
+        .into_iter()
+        .flat_map(|s| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .chain(s.init_container_statuses.iter().flatten())
+        })
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+        .map(|t| t.0)
+        .max();
+    ended
+        .or_else(|| {
+            st.into_iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .filter_map(|c| c.last_transition_time.as_ref().map(|t| t.0))
+                .max()
+        })
+        .or_else(|| st.and_then(|s| s.start_time.as_ref()).map(|t| t.0))
+        .or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+/// Why a failed pod failed, in one line: the pod's reason (`Evicted`) or
+/// the first container that ended badly, with its exit code.
+pub fn failure_reason(pod: &Pod) -> String {
+    let st = pod.status.as_ref();
+    if let Some(s) = st
+        && let Some(r) = s.reason.as_deref()
+    {
+        return match s.message.as_deref() {
+            Some(m) => format!("{r}: {m}"),
+            None => r.to_string(),
+        };
+    }
+    let bad = st
+        .into_iter()
+        .flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+        })
+        .find_map(|c| {
+            let t = c.state.as_ref()?.terminated.as_ref()?;
+            (t.exit_code != 0).then(|| {
+                let mut m = format!("container {} exited with code {}", c.name, t.exit_code);
+                if let Some(r) = &t.reason {
+                    m.push_str(&format!(" ({r})"));
+                }
+                if let Some(msg) = t.message.as_deref().filter(|m| !m.is_empty()) {
+                    m.push_str(&format!(": {}", msg.lines().next().unwrap_or_default()));
+                }
+                m
+            })
+        });
+    bad.unwrap_or_else(|| "the pod failed".into())
+}
+
+/// What to do about a failed worker at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Keep the failed pod until `at`, then create attempt `next`.
+    Wait { at: Timestamp, next: u32 },
+    /// Replace it by attempt `next` now.
+    Now { next: u32 },
+    /// [`WORKER_ATTEMPTS`] pods failed: fail the host.
+    GiveUp { attempts: u32 },
+}
+
+/// Decides about failed worker `pod`: exponential backoff from the time it
+/// failed, at most [`WORKER_ATTEMPTS`] attempts. The count is the pod's own
+/// (the newest attempt is kept until it is replaced), so a restarted
+/// controller continues where the last one left off.
+pub fn retry(pod: &Pod, now: Timestamp) -> Retry {
+    let attempt = attempt_of(pod);
+    if attempt >= WORKER_ATTEMPTS {
+        return Retry::GiveUp { attempts: attempt };
+    }
+    let next = attempt + 1;
+    let wait = SignedDuration::try_from(worker_backoff(attempt)).unwrap_or(SignedDuration::MAX);
+    // A failure without a time counts from now: never a burst.
+    let at = failed_at(pod)
+        .unwrap_or(now)
+        .checked_add(wait)
+        .unwrap_or(Timestamp::MAX);
+    if now >= at {
+        Retry::Now { next }
+    } else {
+        Retry::Wait { at, next }
+    }
+}
+
+/// How long from `now` until `at` (zero when past), for a requeue.
+pub fn until(now: Timestamp, at: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+/// The current worker among `workers` of one host or target: the newest
+/// attempt that is not being deleted, else any.
+pub fn current_worker<'a>(workers: impl IntoIterator<Item = &'a Pod>) -> Option<&'a Pod> {
+    let all: Vec<&Pod> = workers.into_iter().collect();
+    all.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .max_by_key(|p| attempt_of(p))
+        .or_else(|| all.first())
+        .copied()
+}
+
 /// The `hoard.dev/host` of a worker pod.
 pub fn host_of(pod: &Pod) -> Option<&str> {
     annotation(pod, keys::ANNOTATION_HOST)
@@ -357,6 +521,7 @@ mod tests {
             restore,
             settings: None,
             deadline_seconds: 600,
+            attempt: 1,
         };
         worker_pod(&w, &InjectConfig::default())
     }
@@ -477,5 +642,46 @@ mod tests {
             .collect();
         assert_eq!(users, ["app"]);
         assert!(claim_users(&pods, "other").is_empty());
+    }
+
+    #[test]
+    fn worker_backoff_doubles_up_to_a_cap_and_attempts_are_bounded() {
+        let got: Vec<u64> = [1, 2, 3, 4, 6, 40]
+            .map(|n| worker_backoff(n).as_secs())
+            .to_vec();
+        assert_eq!(got, [10, 20, 40, 80, 300, 300]);
+        // all retries fit well within the default session timeout
+        let total: Duration = (1..WORKER_ATTEMPTS).map(worker_backoff).sum();
+        assert!(
+            total < api::phase::DEFAULT_SESSION_TIMEOUT / 10,
+            "{total:?}"
+        );
+        assert_eq!(attempt_pod_name("s", "pvc-0", 1), "s-pvc-0");
+        assert_eq!(attempt_pod_name("s", "pvc-0", 3), "s-pvc-0-3");
+        assert!(attempt_pod_name(&"x".repeat(80), "host-12", 5).len() <= MAX_POD_NAME);
+    }
+
+    #[test]
+    fn an_evicted_pod_says_so_and_an_unknown_failure_is_not_retried_at_once() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "w", "annotations": { keys::ANNOTATION_WORKER_ATTEMPT: "2" } },
+            "status": { "phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: ephemeral-storage." }
+        }))
+        .unwrap();
+        assert!(has_failed(&pod));
+        assert_eq!(attempt_of(&pod), 2);
+        assert_eq!(
+            failure_reason(&pod),
+            "Evicted: The node was low on resource: ephemeral-storage."
+        );
+        // no time recorded: the backoff counts from now
+        let now: Timestamp = "2026-03-10T11:00:00Z".parse().unwrap();
+        assert_eq!(
+            retry(&pod, now),
+            Retry::Wait {
+                at: "2026-03-10T11:00:20Z".parse().unwrap(),
+                next: 3
+            }
+        );
     }
 }

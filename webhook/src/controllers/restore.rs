@@ -24,6 +24,9 @@
 //!   PersistentVolumeClaim: one worker pod per host ([`super::pods`]) mounts
 //!   the PVC(s), held by `restore-wait`; the agent on its node restores and
 //!   releases it; the pod is deleted once its host finished, either way.
+//!   A failed worker is replaced after an exponential backoff (the status
+//!   message says which attempt starts when); after the last attempt its
+//!   host fails with the pod's reason ([`super::pods::retry`]).
 //!   PVCs from templates are created first, labelled, not owned (they
 //!   outlive the session);
 //! - `driver: VolumeSnapshotter`: failed, "not yet supported".
@@ -48,12 +51,13 @@ use tracing::info;
 use api::common::{Driver, Phase};
 use api::host::{WorkloadKind, host_for_ordinal, target_annotation};
 use api::keys::{self, FIELD_MANAGER};
-use api::{RestoreSession, RestoreSessionStatus};
+use api::{HostRestoreStats, RestoreSession, RestoreSessionStatus};
 
-use super::plan::{Notice, TargetHosts, Workload, failed_status, roll_up_session};
+use super::plan::{HostEntry, Notice, TargetHosts, Workload, failed_status, roll_up_session};
 use super::pods::{
-    self, DEFAULT_MOUNT_PATH, WorkerPod, claim_from_template, claim_users, template_volume_name,
-    worker_pod, workers_of,
+    self, DEFAULT_MOUNT_PATH, Retry, WORKER_ATTEMPTS, WorkerPod, claim_from_template, claim_users,
+    current_worker, failure_reason, has_failed, retry, template_volume_name, until, worker_pod,
+    workers_of,
 };
 use super::rollup::{Reasons, finished_notice};
 use super::{Context, Error};
@@ -454,6 +458,49 @@ pub fn plan_restore(
         });
     }
 
+    // A host whose worker failed every attempt is failed now, with the
+    // reason, rather than at the deadline.
+    if let Mode::Workers(hosts) = &mode {
+        let workers = workers_of(&seen.pods, &uid);
+        for h in hosts {
+            if host_finished(&status, &h.host) {
+                continue;
+            }
+            let Some(p) = current_worker(
+                workers
+                    .iter()
+                    .copied()
+                    .filter(|p| pods::host_of(p) == Some(h.host.as_str())),
+            )
+            .filter(|p| has_failed(p)) else {
+                continue;
+            };
+            if let Retry::GiveUp { attempts } = retry(p, now) {
+                let pod = p.name_any();
+                let msg = format!(
+                    "the worker pod of {} failed {attempts} times (the last, {pod}: {}); see kubectl -n {ns} describe pod {pod}, fix the cause (image, node, PVC) and create a new RestoreSession",
+                    h.host,
+                    failure_reason(p)
+                );
+                let stats = status.stats.get_or_insert_with(Vec::new);
+                match stats.iter_mut().find(|s| s.hostname == h.host) {
+                    Some(s) => s.fail(msg.clone()),
+                    None => stats.push(HostRestoreStats::never_reported(
+                        h.host.clone(),
+                        None,
+                        msg.clone(),
+                    )),
+                }
+                plan.notices.push(Notice {
+                    warning: true,
+                    reason: "WorkerPodGaveUp",
+                    action: "Restore",
+                    note: msg,
+                });
+            }
+        }
+    }
+
     let (mut status, requeue) = roll_up_session(&status, &targets, started, timeout, now);
     plan.requeue = requeue;
 
@@ -474,9 +521,12 @@ pub fn plan_restore(
             .unwrap_or_default();
         let mut waiting = Vec::new();
         for h in hosts {
-            let pod = workers
-                .iter()
-                .find(|p| pods::host_of(p) == Some(h.host.as_str()));
+            let pod = current_worker(
+                workers
+                    .iter()
+                    .copied()
+                    .filter(|p| pods::host_of(p) == Some(h.host.as_str())),
+            );
             if finished || host_finished(&status, &h.host) {
                 if let Some(p) = pod.filter(|p| p.metadata.deletion_timestamp.is_none()) {
                     plan.delete_pods.push(p.name_any());
@@ -492,8 +542,30 @@ pub fn plan_restore(
                         .push(claim_from_template(tpl, claim, &ns, &name, &uid));
                 }
             }
-            if pod.is_some() {
-                continue;
+            let mut attempt = 1;
+            match pod {
+                Some(p) if has_failed(p) => match retry(p, now) {
+                    // The failed pod stays until replaced: it holds the count.
+                    Retry::Wait { at, next } => {
+                        waiting.push(format!(
+                            "{}: worker pod {} failed: {}; attempt {next} of {WORKER_ATTEMPTS} starts at {at}",
+                            h.host,
+                            p.name_any(),
+                            failure_reason(p)
+                        ));
+                        let wait = until(now, at);
+                        plan.requeue = Some(plan.requeue.map_or(wait, |r| r.min(wait)));
+                        continue;
+                    }
+                    Retry::Now { next } => {
+                        plan.delete_pods.push(p.name_any());
+                        attempt = next;
+                    }
+                    // Failed above: the host is finished.
+                    Retry::GiveUp { .. } => continue,
+                },
+                Some(_) => continue,
+                None => {}
             }
             // A PVC in use elsewhere: a ReadWriteOnce volume may be attached
             // to another node, and a restore must not write under a running
@@ -515,7 +587,7 @@ pub fn plan_restore(
             let owner = rs.controller_owner_ref(&()).unwrap_or_default();
             plan.create_pods.push(worker_pod(
                 &WorkerPod {
-                    name: pods::worker_pod_name(&name, &h.host),
+                    name: pods::attempt_pod_name(&name, &h.host, attempt),
                     namespace: &ns,
                     owner,
                     session_uid: &uid,
@@ -529,6 +601,7 @@ pub fn plan_restore(
                     restore: Some(&sum),
                     settings,
                     deadline_seconds: timeout.as_secs(),
+                    attempt,
                 },
                 cfg,
             ));
@@ -936,6 +1009,7 @@ mod tests {
                 restore: Some(&sum),
                 settings: None,
                 deadline_seconds: 3600,
+                attempt: 1,
             },
             &InjectConfig::default(),
         );
@@ -1100,6 +1174,95 @@ mod tests {
         let pods: Vec<String> = plan.create_pods.iter().map(ResourceExt::name_any).collect();
         assert_eq!(pods, ["r-host-1"]);
         assert_eq!(plan.status.total_hosts, Some(1));
+    }
+
+    /// Attempt `attempt` of host-0's worker, its restore-wait failed at `at`.
+    fn failed_worker(rs: &RestoreSession, attempt: u32, at: Timestamp) -> Pod {
+        let mut pod: Pod = serde_json::from_value(worker(rs, "host-0")).unwrap();
+        pod.metadata.name = Some(pods::attempt_pod_name("r", "host-0", attempt));
+        pod.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(keys::ANNOTATION_WORKER_ATTEMPT.into(), attempt.to_string());
+        pod.status = Some(
+            serde_json::from_value(json!({
+                "phase": "Failed",
+                "initContainerStatuses": [{
+                    "name": "hoard-restore-wait", "image": "hoard", "imageID": "",
+                    "ready": false, "restartCount": 0,
+                    "state": { "terminated": {
+                        "exitCode": 2, "reason": "Error", "finishedAt": Time(at),
+                        "message": "deadline passed"
+                    } }
+                }]
+            }))
+            .unwrap(),
+        );
+        pod
+    }
+
+    /// Regression: a failed restore worker was kept without a retry until the
+    /// session's deadline; now it is replaced after a backoff, and after the
+    /// last attempt its host fails at once, with the reason.
+    #[test]
+    fn a_failed_restore_worker_is_retried_with_backoff_then_fails_its_host() {
+        let rs = vct_session(1);
+        let cfg = InjectConfig::default();
+        let at = |secs: i64| now() + k8s_openapi::jiff::SignedDuration::from_secs(secs);
+        let seen = |pod: Pod| Observed {
+            workload: Some(Workload::Single),
+            pods: vec![pod],
+            claims: BTreeSet::from(["restore-data-restore-demo-0".to_string()]),
+            ..Default::default()
+        };
+        let waiting = plan_restore(
+            &rs,
+            restore_mode(&rs),
+            &seen(failed_worker(&rs, 2, now())),
+            &cfg,
+            at(15),
+        );
+        assert!(waiting.create_pods.is_empty() && waiting.delete_pods.is_empty());
+        assert_eq!(waiting.requeue, Some(Duration::from_secs(5)));
+        let msg = waiting.status.message.unwrap();
+        assert!(
+            msg.starts_with("waiting: host-0: worker pod r-host-0-2 failed: container hoard-restore-wait exited with code 2 (Error): deadline passed; attempt 3 of 5 starts at "),
+            "{msg}"
+        );
+        assert!(waiting.notices.iter().any(|n| n.reason == "RestoreWaiting"));
+
+        let due = plan_restore(
+            &rs,
+            restore_mode(&rs),
+            &seen(failed_worker(&rs, 2, now())),
+            &cfg,
+            at(20),
+        );
+        assert_eq!(due.delete_pods, ["r-host-0-2"]);
+        let names: Vec<String> = due.create_pods.iter().map(ResourceExt::name_any).collect();
+        assert_eq!(names, ["r-host-0-3"]);
+        assert_eq!(
+            due.create_pods[0].annotations()[keys::ANNOTATION_WORKER_ATTEMPT],
+            "3"
+        );
+
+        let last = plan_restore(
+            &rs,
+            restore_mode(&rs),
+            &seen(failed_worker(&rs, 5, now())),
+            &cfg,
+            at(600),
+        );
+        assert!(last.create_pods.is_empty());
+        assert_eq!(last.delete_pods, ["r-host-0-5"]);
+        assert_eq!(last.status.phase, Some(Phase::Failed));
+        let err = last.status.stats.unwrap()[0].error.clone().unwrap();
+        assert!(
+            err.contains("failed 5 times") && err.contains("RestoreSession"),
+            "{err}"
+        );
+        assert!(last.notices.iter().any(|n| n.reason == "WorkerPodGaveUp"));
     }
 
     // ----- reconciler against the mocked API server -------------------------

@@ -10,6 +10,12 @@
 //! Worker pods are owned by the session, so deleting the session (history
 //! limit) removes any that are left.
 //!
+//! A worker that fails is kept and replaced after an exponential backoff
+//! (10 s doubling, at most [`WORKER_ATTEMPTS`] attempts; a `WorkerPodFailed`
+//! warning says when the next starts); after the last, the PVC's host is
+//! failed in the session's status with the pod's reason, so the session
+//! finishes then instead of at its deadline ([`super::pods::retry`]).
+//!
 //! The agents act on session events; a worker that starts running raises
 //! none, so the controller then annotates the session
 //! (`hoard.dev/worker-ready: <pod>`), once, which is the event the agents
@@ -22,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, VolumeMount};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
@@ -30,12 +37,14 @@ use tracing::info;
 use api::common::{Phase, TargetRef};
 use api::host::{HOST_0, WorkloadKind, target_annotation};
 use api::keys::{self, FIELD_MANAGER};
-use api::{BackupConfiguration, BackupSession};
+use api::{BackupConfiguration, BackupSession, HostBackupStats};
 
+use super::plan::HostEntry;
 use super::plan::Notice;
 use super::pods::{
-    DEFAULT_MOUNT_PATH, WorkerPod, claim_users, is_terminal, target_of, worker_pod,
-    worker_pod_name, workers_of,
+    DEFAULT_MOUNT_PATH, Retry, WORKER_ATTEMPTS, WorkerPod, attempt_pod_name, claim_users,
+    current_worker, failure_reason, has_failed, is_terminal, retry, target_of, until, worker_pod,
+    workers_of,
 };
 use super::{Context, Error};
 use crate::mutate::InjectConfig;
@@ -54,6 +63,14 @@ pub struct PvcPlan {
     pub delete: Vec<String>,
     pub notices: Vec<Notice>,
     pub requeue: Option<Duration>,
+    /// Hosts (by batch target) whose worker failed every attempt: failed
+    /// in the session's status with the reason, so the session finishes
+    /// now instead of at its deadline.
+    pub fail_hosts: Vec<(Option<TargetRef>, String)>,
+}
+
+fn sooner(a: Option<Duration>, b: Duration) -> Option<Duration> {
+    Some(a.map_or(b, |a| a.min(b)))
 }
 
 fn host_finished(session: &BackupSession, target: Option<&TargetRef>) -> bool {
@@ -87,6 +104,7 @@ pub fn plan_pvc_workers(
     config: Option<&BackupConfiguration>,
     pods: &[Pod],
     cfg: &InjectConfig,
+    now: Timestamp,
 ) -> PvcPlan {
     let mut plan = PvcPlan::default();
     let uid = session.uid().unwrap_or_default();
@@ -115,13 +133,54 @@ pub fn plan_pvc_workers(
             continue;
         }
         let annotation = target_annotation(WorkloadKind::PersistentVolumeClaim, &r.name);
-        let mine = workers
-            .iter()
-            .find(|p| target_of(p) == Some(annotation.as_str()));
+        let mine = current_worker(
+            workers
+                .iter()
+                .copied()
+                .filter(|p| target_of(p) == Some(annotation.as_str())),
+        );
         if host_finished(session, batch.then_some(r)) {
             continue;
         }
-        if let Some(p) = mine {
+        let mut attempt = 1;
+        if let Some(p) = mine.filter(|p| has_failed(p)) {
+            let reason = failure_reason(p);
+            let pod = p.name_any();
+            match retry(p, now) {
+                Retry::Wait { at, next } => {
+                    // Kept until replaced: it carries the attempt count.
+                    wanted.push(pod.clone());
+                    plan.requeue = sooner(plan.requeue, until(now, at));
+                    plan.notices.push(Notice {
+                        warning: true,
+                        reason: "WorkerPodFailed",
+                        action: "Backup",
+                        note: format!(
+                            "worker pod {pod} for PVC {} failed: {reason}; attempt {next} of {WORKER_ATTEMPTS} starts at {at}",
+                            r.name
+                        ),
+                    });
+                    continue;
+                }
+                Retry::GiveUp { attempts } => {
+                    wanted.push(pod.clone());
+                    let msg = format!(
+                        "the worker pod that mounts PVC {} failed {attempts} times (the last, {pod}: {reason}); see kubectl -n {ns} describe pod {pod}, fix the cause (image, node, PVC) and start a new backup",
+                        r.name
+                    );
+                    plan.notices.push(Notice {
+                        warning: true,
+                        reason: "WorkerPodGaveUp",
+                        action: "Backup",
+                        note: msg.clone(),
+                    });
+                    plan.fail_hosts.push((batch.then(|| r.clone()), msg));
+                    continue;
+                }
+                // Replaced below, once nothing else holds the PVC.
+                Retry::Now { next } => attempt = next,
+            }
+        } else if let Some(p) = mine {
             wanted.push(p.name_any());
             let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
             let told = session
@@ -161,7 +220,7 @@ pub fn plan_pvc_workers(
         }
         let pod = worker_pod(
             &WorkerPod {
-                name: worker_pod_name(&name, &format!("pvc-{i}")),
+                name: attempt_pod_name(&name, &format!("pvc-{i}"), attempt),
                 namespace: &ns,
                 owner: session.controller_owner_ref(&()).unwrap_or_default(),
                 session_uid: &uid,
@@ -176,6 +235,7 @@ pub fn plan_pvc_workers(
                     .as_ref()
                     .and_then(|s| s.pod.as_ref()),
                 deadline_seconds: timeout.as_secs().max(1),
+                attempt,
             },
             cfg,
         );
@@ -183,21 +243,29 @@ pub fn plan_pvc_workers(
             warning: false,
             reason: "WorkerPodCreated",
             action: "Backup",
-            note: format!(
-                "no running pod mounts PVC {}: created pod {} to mount it for the backup; it is removed when the backup finished",
-                r.name,
-                pod.name_any()
-            ),
+            note: if attempt > 1 {
+                format!(
+                    "created pod {} to mount PVC {} for the backup, attempt {attempt} of {WORKER_ATTEMPTS}",
+                    pod.name_any(),
+                    r.name
+                )
+            } else {
+                format!(
+                    "no running pod mounts PVC {}: created pod {} to mount it for the backup; it is removed when the backup finished",
+                    r.name,
+                    pod.name_any()
+                )
+            },
         });
         wanted.push(pod.name_any());
         plan.create.push(pod);
     }
-    // Workers whose PVC finished, or that failed (their host then fails at
-    // the deadline) and no longer serve.
+    // Workers whose PVC finished, that were replaced, or that ended without
+    // failing (a failed one is kept until replaced: it holds the count).
     plan.delete = workers
         .iter()
         .filter(live)
-        .filter(|p| !wanted.contains(&p.name_any()) || is_terminal(p))
+        .filter(|p| !wanted.contains(&p.name_any()) || (is_terminal(p) && !has_failed(p)))
         .map(|p| p.name_any())
         .collect();
     plan
@@ -208,6 +276,33 @@ fn pp_patch() -> PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     }
+}
+
+/// The session's host entries with `fails` (batch target, reason) failed:
+/// an entry the agent wrote is marked failed, a missing one is added.
+pub fn with_failed_hosts(
+    session: &BackupSession,
+    fails: &[(Option<TargetRef>, String)],
+) -> Vec<HostBackupStats> {
+    let mut stats = session
+        .status
+        .as_ref()
+        .and_then(|s| s.stats.clone())
+        .unwrap_or_default();
+    for (target, msg) in fails {
+        match stats
+            .iter_mut()
+            .find(|h| h.hostname == HOST_0 && h.target.as_ref() == target.as_ref())
+        {
+            Some(h) => h.fail(msg.clone()),
+            None => stats.push(HostBackupStats::never_reported(
+                HOST_0.into(),
+                target.clone(),
+                msg.clone(),
+            )),
+        }
+    }
+    stats
 }
 
 /// `true` when `config` backs up a PVC.
@@ -250,7 +345,13 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
             None => (None, pods_api.list(&selector).await?.items),
         }
     };
-    let plan = plan_pvc_workers(&session, config.as_ref(), &pods, &ctx.settings.inject);
+    let plan = plan_pvc_workers(
+        &session,
+        config.as_ref(),
+        &pods,
+        &ctx.settings.inject,
+        (ctx.now)(),
+    );
     let pp = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
@@ -280,6 +381,18 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
             Err(e) => return Err(e.into()),
         }
     }
+    if !plan.fail_hosts.is_empty() {
+        // Guarded by the resourceVersion: agents write `stats` too, and a
+        // stale list must fail (and retry), not drop their entries.
+        let body = serde_json::json!({
+            "metadata": { "resourceVersion": session.resource_version() },
+            "status": { "stats": with_failed_hosts(&session, &plan.fail_hosts) },
+        });
+        Api::<BackupSession>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(&name, &pp_patch(), &Patch::Merge(&body))
+            .await?;
+        info!(%ns, session = %name, hosts = plan.fail_hosts.len(), "worker pods failed every attempt; hosts failed");
+    }
     for n in &plan.notices {
         ctx.publish(session.as_ref(), n).await;
     }
@@ -300,7 +413,8 @@ mod tests {
         HostBackupStats, InvokerRef,
     };
 
-    use super::super::mock::{ApiServer, NS, list_of, now, verify_with};
+    use super::super::mock::{ApiServer, NS, late, list_of, now, paused_now, verify_with};
+    use super::super::pods::WORKER_BACKOFF_BASE;
     use super::*;
 
     const PODS: &str = "/api/v1/namespaces/demo/pods";
@@ -377,6 +491,7 @@ mod tests {
             Some(&config("PersistentVolumeClaim")),
             &[],
             &InjectConfig::default(),
+            now(),
         );
         let mut pod = plan.create[0].clone();
         pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
@@ -418,7 +533,13 @@ mod tests {
         let mut second = first.clone();
         second.target_ref.name = "logs".into();
         batch.spec.targets = Some(vec![first, second]);
-        let plan = plan_pvc_workers(&session(None), Some(&batch), &[], &InjectConfig::default());
+        let plan = plan_pvc_workers(
+            &session(None),
+            Some(&batch),
+            &[],
+            &InjectConfig::default(),
+            now(),
+        );
         let names: Vec<String> = plan.create.iter().map(ResourceExt::name_any).collect();
         assert_eq!(names, ["cfg-1-pvc-0", "cfg-1-pvc-1"]);
     }
@@ -622,17 +743,209 @@ mod tests {
         .unwrap();
     }
 
-    #[test]
-    fn a_failed_worker_is_replaced_by_nothing_and_removed() {
-        let mut pod: Pod = serde_json::from_value(worker()).unwrap();
-        pod.status.as_mut().unwrap().phase = Some("Failed".into());
+    /// Attempt `attempt` of the worker, failed at `at` (its container ended).
+    fn failed_worker(attempt: u32, at: Timestamp) -> Pod {
         let plan = plan_pvc_workers(
             &session(None),
             Some(&config("PersistentVolumeClaim")),
-            &[pod],
+            &[],
             &InjectConfig::default(),
+            now(),
         );
-        assert!(plan.create.is_empty());
-        assert_eq!(plan.delete, ["cfg-1-pvc-0"]);
+        let mut pod = plan.create[0].clone();
+        pod.metadata.name = Some(attempt_pod_name("cfg-1", "pvc-0", attempt));
+        pod.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(keys::ANNOTATION_WORKER_ATTEMPT.into(), attempt.to_string());
+        pod.status = Some(
+            serde_json::from_value(json!({
+                "phase": "Failed",
+                "containerStatuses": [{
+                    "name": "hoard-worker", "image": "hoard", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": { "terminated": {
+                        "exitCode": 137, "reason": "OOMKilled", "finishedAt": Time(at)
+                    } }
+                }]
+            }))
+            .unwrap(),
+        );
+        pod
+    }
+
+    fn plan_at(pods: &[Pod], at: Timestamp) -> PvcPlan {
+        plan_pvc_workers(
+            &session(None),
+            Some(&config("PersistentVolumeClaim")),
+            pods,
+            &InjectConfig::default(),
+            at,
+        )
+    }
+
+    fn after(secs: i64) -> Timestamp {
+        now() + k8s_openapi::jiff::SignedDuration::from_secs(secs)
+    }
+
+    /// Regression: a failed worker used to be deleted and re-created at
+    /// once, on every reconcile, until the session's deadline.
+    #[test]
+    fn a_failed_worker_is_replaced_after_a_growing_backoff_then_the_host_fails() {
+        // attempt n failed at `now`: wait 10 s, 20 s, 40 s, 80 s
+        for (attempt, wait) in [(1, 10), (2, 20), (3, 40), (4, 80)] {
+            let pod = failed_worker(attempt, now());
+            let early = plan_at(std::slice::from_ref(&pod), after(wait - 1));
+            assert!(
+                early.create.is_empty() && early.delete.is_empty(),
+                "{attempt}"
+            );
+            assert_eq!(early.requeue, Some(Duration::from_secs(1)));
+            let n = &early.notices[0];
+            assert_eq!((n.reason, n.warning), ("WorkerPodFailed", true));
+            assert!(
+                n.note.contains("OOMKilled")
+                    && n.note.contains(&format!("attempt {} of 5", attempt + 1)),
+                "{}",
+                n.note
+            );
+            let due = plan_at(std::slice::from_ref(&pod), after(wait));
+            assert_eq!(due.delete, [pod.name_any()]);
+            let next = &due.create[0];
+            assert_eq!(next.name_any(), format!("cfg-1-pvc-0-{}", attempt + 1));
+            assert_eq!(
+                next.annotations()[keys::ANNOTATION_WORKER_ATTEMPT],
+                (attempt + 1).to_string()
+            );
+            assert!(due.fail_hosts.is_empty());
+        }
+        // the fifth failure is the last: the host fails, the pod stays
+        let last = plan_at(&[failed_worker(5, now())], after(3600));
+        assert!(last.create.is_empty() && last.delete.is_empty());
+        assert_eq!(last.fail_hosts.len(), 1);
+        assert!(
+            last.fail_hosts[0].1.contains("failed 5 times"),
+            "{:?}",
+            last.fail_hosts
+        );
+        assert_eq!(last.notices[0].reason, "WorkerPodGaveUp");
+        // a replaced pod that is still terminating does not hide its successor
+        let mut old = failed_worker(1, now());
+        old.metadata.deletion_timestamp = Some(Time(now()));
+        let mut new: Pod = serde_json::from_value(worker()).unwrap();
+        new.metadata.name = Some("cfg-1-pvc-0-2".into());
+        new.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(keys::ANNOTATION_WORKER_ATTEMPT.into(), "2".into());
+        let plan = plan_at(&[old, new], after(30));
+        assert!(plan.create.is_empty() && plan.delete.is_empty());
+        assert_eq!(plan.nudge.as_deref(), Some("cfg-1-pvc-0-2"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_worker_waits_on_the_paused_clock_then_is_replaced() {
+        let failed = json!(failed_worker(1, paused_now()));
+        let f = failed.clone();
+        let action = verify_with(
+            paused_now,
+            session(None),
+            reconcile,
+            |mut api: ApiServer| async move {
+                api.expect(Method::GET, BC, 200, json!(config("PersistentVolumeClaim")))
+                    .await;
+                api.expect(
+                    Method::GET,
+                    &format!("{PODS}?"),
+                    200,
+                    list_of("Pod", vec![f]),
+                )
+                .await;
+                let ev = api.event().await;
+                assert_eq!(
+                    (ev["type"].as_str(), ev["reason"].as_str()),
+                    (Some("Warning"), Some("WorkerPodFailed"))
+                );
+                api
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(action, Action::requeue(WORKER_BACKOFF_BASE));
+        tokio::time::advance(WORKER_BACKOFF_BASE).await;
+        verify_with(
+            paused_now,
+            session(None),
+            reconcile,
+            |mut api: ApiServer| async move {
+                api.expect(Method::GET, BC, 200, json!(config("PersistentVolumeClaim")))
+                    .await;
+                api.expect(
+                    Method::GET,
+                    &format!("{PODS}?"),
+                    200,
+                    list_of("Pod", vec![failed]),
+                )
+                .await;
+                let body = api
+                    .expect(
+                        Method::POST,
+                        &format!("{PODS}?&fieldManager=hoard"),
+                        201,
+                        worker(),
+                    )
+                    .await;
+                assert_eq!(body["metadata"]["name"], "cfg-1-pvc-0-2");
+                api.expect(
+                    Method::DELETE,
+                    &format!("{PODS}/cfg-1-pvc-0?"),
+                    200,
+                    deleted(),
+                )
+                .await;
+                let ev = api.event().await;
+                assert_eq!(ev["reason"], "WorkerPodCreated");
+                assert!(
+                    ev["note"].as_str().unwrap().contains("attempt 2 of 5"),
+                    "{ev}"
+                );
+                api
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_failed_attempt_fails_the_host_in_the_status() {
+        let mut s = session(host0(Phase::Running));
+        s.metadata.resource_version = Some("42".into());
+        let failed = json!(failed_worker(WORKER_ATTEMPTS, now()));
+        verify_with(late, s, reconcile, |mut api: ApiServer| async move {
+            api.expect(Method::GET, BC, 200, json!(config("PersistentVolumeClaim")))
+                .await;
+            api.expect(Method::GET, &format!("{PODS}?"), 200, list_of("Pod", vec![failed]))
+                .await;
+            let body = api
+                .expect(
+                    Method::PATCH,
+                    "/apis/hoard.dev/v1beta1/namespaces/demo/backupsessions/cfg-1/status?&fieldManager=hoard",
+                    200,
+                    json!(session(None)),
+                )
+                .await;
+            assert_eq!(body["metadata"]["resourceVersion"], "42");
+            let host = &body["status"]["stats"][0];
+            assert_eq!(host["hostname"], HOST_0);
+            assert_eq!(host["phase"], "Failed");
+            let err = host["error"].as_str().unwrap();
+            assert!(err.contains("failed 5 times") && err.contains("OOMKilled"), "{err}");
+            assert_eq!(api.event().await["reason"], "WorkerPodGaveUp");
+            api
+        })
+        .await
+        .unwrap();
     }
 }
