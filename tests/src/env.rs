@@ -76,6 +76,10 @@ pub struct Env {
     pub webhook_url: String,
     /// MutatingWebhookConfiguration of this run.
     pub webhook_config: String,
+    /// The kubeconfig the webhook runs with (its ServiceAccount's token).
+    webhook_kubeconfig: PathBuf,
+    logs: PathBuf,
+    work_dir: PathBuf,
     procs: Mutex<Vec<Proc>>,
     /// Deletes the run's cluster objects when the test process ends.
     _janitor: Option<Proc>,
@@ -286,13 +290,8 @@ async fn await_ready(p: &mut Proc, addr: SocketAddr) -> anyhow::Result<()> {
             let log = std::fs::read_to_string(&p.log).unwrap_or_default();
             anyhow::bail!("{} exited ({st}) before it was ready:\n{log}", p.name);
         }
-        let ok = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            s.write_all(b"GET /ready HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-            let mut buf = String::new();
-            s.read_to_string(&mut buf)?;
-            Ok(buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200"))
+        let ok = tokio::task::spawn_blocking(move || {
+            http_get(addr, "/ready").map(|(status, _)| status.contains(" 200"))
         })
         .await?;
         if matches!(ok, Ok(true)) {
@@ -305,6 +304,165 @@ async fn await_ready(p: &mut Proc, addr: SocketAddr) -> anyhow::Result<()> {
                 p.name
             );
         }
+    }
+}
+
+/// `GET <path>` over plain HTTP on `addr` (the admin ports): the status line
+/// and the body.
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((buf.as_str(), ""));
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    Ok((status, body.to_owned()))
+}
+
+/// A started `hoard-webhook`.
+struct StartedWebhook {
+    proc: Proc,
+    /// `clientConfig.url` for the API server.
+    url: String,
+    bundle: certs::Bundle,
+    admin: SocketAddr,
+}
+
+/// Starts `hoard-webhook` (logging to `<logs>/<name>.log`) on a free port of
+/// the address the API server reaches (`HOARD_E2E_WEBHOOK_HOST`), with a CA
+/// and serving certificate from the certs crate written into `tls_dir`, and
+/// waits until it is ready. `pod_name` is its identity in the controllers'
+/// leader election (Lease in `hoard_ns`).
+async fn start_webhook(
+    bin_dir: &Path,
+    kubeconfig: &Path,
+    hoard_ns: &str,
+    pod_name: &str,
+    tls_dir: &Path,
+    logs: &Path,
+    name: &str,
+) -> anyhow::Result<StartedWebhook> {
+    let host = std::env::var("HOARD_E2E_WEBHOOK_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let listen_host = if host == "127.0.0.1" {
+        "127.0.0.1"
+    } else {
+        "0.0.0.0"
+    };
+    let port = free_port(listen_host)?;
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")?));
+    let mut cfg = certs::CertsConfig::new(hoard_ns, "unused", "hoard-webhook", "unused");
+    cfg.extra_sans = vec![host.clone()];
+    let bundle = certs::Bundle::generate(&cfg, SystemTime::now())
+        .context("cannot generate the webhook's certificates")?;
+    certs::write_files(&bundle, tls_dir).context("cannot write the webhook's certificates")?;
+    let mut webhook = spawn(
+        name,
+        &bin_dir.join("hoard-webhook"),
+        &[
+            format!("--listen={listen_host}:{port}"),
+            format!("--admin-listen={admin}"),
+            format!("--tls-dir={}", tls_dir.display()),
+            "--manage-certs=false".into(),
+            format!("--namespace={hoard_ns}"),
+        ],
+        &[
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            ("POD_NAMESPACE", hoard_ns.to_owned()),
+            ("POD_NAME", pod_name.to_owned()),
+            ("RUST_LOG", log_filter()),
+        ],
+        logs,
+    )?;
+    await_ready(&mut webhook, admin).await?;
+    Ok(StartedWebhook {
+        proc: webhook,
+        url: format!("https://{host}:{port}{}", api::keys::MUTATE_PODS_PATH),
+        bundle,
+        admin,
+    })
+}
+
+/// A `hoard-webhook` of one test's own, beside the shared one (scenario 8b
+/// stops it). It takes part in the shared controllers' leader election as a
+/// follower, so only its admission server matters.
+pub struct OwnWebhook {
+    /// `clientConfig.url` for the API server.
+    pub url: String,
+    /// PEM of the CA that signed its serving certificate (`caBundle`).
+    pub ca_pem: String,
+    admin: SocketAddr,
+    log: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl OwnWebhook {
+    /// How many admission reviews it answered with `outcome` (its
+    /// `hoard_webhook_reviews_total` counter).
+    pub async fn reviews(&self, outcome: &str) -> anyhow::Result<u64> {
+        let admin = self.admin;
+        let (status, body) = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
+            .await?
+            .with_context(|| format!("cannot read http://{admin}/metrics"))?;
+        anyhow::ensure!(
+            status.contains(" 200"),
+            "GET http://{admin}/metrics: {status}"
+        );
+        let counter = crate::prometheus_value(
+            &body,
+            "hoard_webhook_reviews_total",
+            &[("outcome", outcome)],
+        );
+        Ok(counter.unwrap_or(0.0) as u64)
+    }
+
+    /// Stops the process (SIGTERM, as Kubernetes stops a pod) and waits
+    /// until it has exited: from then on nothing listens on its port.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(Proc {
+            mut child, _guard, ..
+        }) = self.proc.take()
+        else {
+            return Ok(());
+        };
+        drop(_guard);
+        let st = tokio::time::timeout(STARTUP, tokio::task::spawn_blocking(move || child.wait()))
+            .await
+            .context("the webhook did not exit after SIGTERM")???;
+        eprintln!("e2e: own webhook stopped ({st})");
+        Ok(())
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Env {
+    /// Starts a `hoard-webhook` for one test (`name` names its log and
+    /// certificates), with the shared webhook's credentials.
+    pub async fn start_own_webhook(&self, name: &str) -> anyhow::Result<OwnWebhook> {
+        let tls_dir = self.work_dir.join(format!("tls-{name}"));
+        let started = start_webhook(
+            &self.bin_dir,
+            &self.webhook_kubeconfig,
+            &self.hoard_ns,
+            &format!("hoard-e2e-webhook-{}-{name}", self.run_id),
+            &tls_dir,
+            &self.logs,
+            &format!("hoard-webhook-{name}"),
+        )
+        .await?;
+        Ok(OwnWebhook {
+            url: started.url,
+            ca_pem: started.bundle.ca_cert_pem.clone(),
+            admin: started.admin,
+            log: started.proc.log.clone(),
+            proc: Some(started.proc),
+        })
     }
 }
 
@@ -388,44 +546,20 @@ async fn setup(kubeconfig: PathBuf) -> anyhow::Result<Arc<Env>> {
                 .await?,
         )
     };
-    let kc = webhook_kc.display().to_string();
 
     // The webhook, with a CA and serving certificate from the certs crate.
-    let host = std::env::var("HOARD_E2E_WEBHOOK_HOST").unwrap_or_else(|_| "127.0.0.1".into());
-    let listen_host = if host == "127.0.0.1" {
-        "127.0.0.1"
-    } else {
-        "0.0.0.0"
-    };
-    let port = free_port(listen_host)?;
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")?));
-    let mut cfg = certs::CertsConfig::new(&hoard_ns, "unused", "hoard-webhook", "unused");
-    cfg.extra_sans = vec![host.clone()];
-    let bundle = certs::Bundle::generate(&cfg, SystemTime::now())
-        .context("cannot generate the webhook's certificates")?;
-    let tls_dir = work.path().join("tls");
-    certs::write_files(&bundle, &tls_dir).context("cannot write the webhook's certificates")?;
-    let mut webhook = spawn(
-        "hoard-webhook",
-        &bin_dir.join("hoard-webhook"),
-        &[
-            format!("--listen={listen_host}:{port}"),
-            format!("--admin-listen={admin}"),
-            format!("--tls-dir={}", tls_dir.display()),
-            "--manage-certs=false".into(),
-            format!("--namespace={hoard_ns}"),
-        ],
-        &[
-            ("KUBECONFIG", kc.clone()),
-            ("POD_NAMESPACE", hoard_ns.clone()),
-            ("POD_NAME", format!("hoard-e2e-webhook-{run_id}")),
-            ("RUST_LOG", log_filter()),
-        ],
+    let started = start_webhook(
+        &bin_dir,
+        &webhook_kc,
+        &hoard_ns,
+        &format!("hoard-e2e-webhook-{run_id}"),
+        &work.path().join("tls"),
         &logs,
-    )?;
-    await_ready(&mut webhook, admin).await?;
-    procs.push(webhook);
-    let webhook_url = format!("https://{host}:{port}{}", api::keys::MUTATE_PODS_PATH);
+        "hoard-webhook",
+    )
+    .await?;
+    let (webhook_url, bundle) = (started.url, started.bundle);
+    procs.push(started.proc);
     let webhook_config = format!("hoard-e2e-{run_id}");
     register_webhook(&client, &webhook_config, &run_id, &webhook_url, &bundle).await?;
 
@@ -508,6 +642,9 @@ async fn setup(kubeconfig: PathBuf) -> anyhow::Result<Arc<Env>> {
         restic,
         webhook_url,
         webhook_config,
+        webhook_kubeconfig: webhook_kc,
+        logs,
+        work_dir: work.path().to_path_buf(),
         procs: Mutex::new(procs),
         _janitor: janitor,
         _work: work,

@@ -358,6 +358,64 @@ where
     }
 }
 
+/// The sum of the samples of counter `name` in a Prometheus text exposition
+/// whose labels include every pair of `labels`; `None` when there is none.
+pub fn prometheus_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    /// `k="v",k2="v2"` into pairs (values unescaped).
+    fn parse_labels(s: &str) -> Option<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        let mut rest = s.trim();
+        while !rest.is_empty() {
+            let (k, after) = rest.split_once("=\"")?;
+            let mut v = String::new();
+            let mut chars = after.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (_, '\\') => match chars.next()?.1 {
+                        'n' => v.push('\n'),
+                        c => v.push(c),
+                    },
+                    (i, '"') => break i,
+                    (_, c) => v.push(c),
+                }
+            };
+            out.push((k.trim().to_owned(), v));
+            rest = after[end + 1..].trim_start_matches(',').trim();
+        }
+        Some(out)
+    }
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (series, value) = if let Some(rest) = rest.strip_prefix('{') {
+            let Some((l, v)) = rest.rsplit_once('}') else {
+                continue;
+            };
+            let Some(series) = parse_labels(l) else {
+                continue;
+            };
+            (series, v)
+        } else if rest.starts_with(' ') {
+            (Vec::new(), rest)
+        } else {
+            continue; // another metric whose name starts with `name`
+        };
+        let matches = labels
+            .iter()
+            .all(|(k, v)| series.iter().any(|(sk, sv)| sk == k && sv == v));
+        let value = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok());
+        if let (true, Some(v)) = (matches, value) {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
 /// Runs one scenario: skips (one line) without a cluster; otherwise sets up
 /// the shared environment and a fresh namespace, runs `body`, dumps what the
 /// test made when it fails, and deletes the namespace.
@@ -532,6 +590,32 @@ mod tests {
             pv["spec"]["storageClassName"],
             pvc["spec"]["storageClassName"]
         );
+    }
+
+    #[test]
+    fn prometheus_counters_are_read_by_name_and_labels() {
+        let text = r#"# HELP apiserver_admission_webhook_fail_open_count Admission webhook fail open count.
+# TYPE apiserver_admission_webhook_fail_open_count counter
+apiserver_admission_webhook_fail_open_count{name="a.down.hoard.dev",type="admit"} 3
+apiserver_admission_webhook_fail_open_count{name="b.hoard.dev",type="admit"} 7
+apiserver_admission_webhook_fail_open_count_other{name="a.down.hoard.dev",type="admit"} 100
+hoard_webhook_reviews_total{outcome="patched-backup"} 2
+hoard_webhook_reviews_total{outcome="skip\"ped,x"} 5
+hoard_webhook_panics_total 1
+"#;
+        let fail_open = "apiserver_admission_webhook_fail_open_count";
+        let a = [("name", "a.down.hoard.dev"), ("type", "admit")];
+        assert_eq!(prometheus_value(text, fail_open, &a), Some(3.0));
+        assert_eq!(prometheus_value(text, fail_open, &[]), Some(10.0));
+        let c = [("name", "c.hoard.dev")];
+        assert_eq!(prometheus_value(text, fail_open, &c), None);
+        let reviews = "hoard_webhook_reviews_total";
+        let patched = [("outcome", "patched-backup")];
+        assert_eq!(prometheus_value(text, reviews, &patched), Some(2.0));
+        let odd = [("outcome", "skip\"ped,x")];
+        assert_eq!(prometheus_value(text, reviews, &odd), Some(5.0));
+        let panics = "hoard_webhook_panics_total";
+        assert_eq!(prometheus_value(text, panics, &[]), Some(1.0));
     }
 
     #[test]

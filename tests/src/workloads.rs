@@ -327,6 +327,67 @@ where
     }
 }
 
+/// The shipped webhook registration, `webhooks[0]` of
+/// manifests/base/webhook-configuration.yaml.
+pub fn shipped_webhook() -> anyhow::Result<Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/base/webhook-configuration.yaml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let cfg: Value =
+        serde_yaml::from_str(&text).with_context(|| format!("{} is not YAML", path.display()))?;
+    cfg["webhooks"]
+        .get(0)
+        .cloned()
+        .with_context(|| format!("{} registers no webhook", path.display()))
+}
+
+/// A MutatingWebhookConfiguration `name` registering webhook `hook` at
+/// `url` for the pods of namespace `ns` only, with every other field
+/// (failurePolicy, timeoutSeconds, sideEffects, rules, objectSelector, ...)
+/// as `shipped` has it.
+pub fn own_webhook_config_body(
+    name: &str,
+    run_id: &str,
+    hook: &str,
+    url: &str,
+    ca_pem: &[u8],
+    ns: &str,
+    shipped: &Value,
+) -> anyhow::Result<Value> {
+    let mut webhook = shipped.clone();
+    let ca = serde_json::to_value(k8s_openapi::ByteString(ca_pem.to_vec()))?;
+    webhook["name"] = json!(hook);
+    webhook["clientConfig"] = json!({ "url": url, "caBundle": ca });
+    webhook["namespaceSelector"] = json!({ "matchLabels": { "kubernetes.io/metadata.name": ns } });
+    Ok(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": { "name": name, "labels": { crate::E2E_LABEL: run_id } },
+        "webhooks": [webhook],
+    }))
+}
+
+/// A bare pod `name` with Hoard's auto-backup annotation: the webhook
+/// patches it (host `host-0`) whatever else exists.
+pub fn auto_backup_pod(t: &TestCtx, name: &str) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(auto_backup_pod_body(
+        t.env.fake_kubelet,
+        name,
+    ))?)
+}
+
+fn auto_backup_pod_body(fake: bool, name: &str) -> Value {
+    let tpl = template(fake, name, json!({ api::keys::ANNOTATION_BACKUP: "true" }));
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "labels": tpl["metadata"]["labels"],
+                      "annotations": tpl["metadata"]["annotations"] },
+        "spec": tpl["spec"],
+    })
+}
+
 /// The pod's `hoard.dev/host` annotation.
 pub fn host_of(p: &Pod) -> Option<&str> {
     p.metadata
@@ -365,5 +426,46 @@ mod tests {
         );
         check_schema::<api::BackupConfiguration>(&cfg).unwrap();
         assert_eq!(cfg["spec"]["target"]["ref"]["apiVersion"], "apps/v1");
+        for fake in [true, false] {
+            let pod = auto_backup_pod_body(fake, "probe");
+            check_schema::<Pod>(&pod).unwrap();
+            assert_eq!(
+                pod["metadata"]["annotations"][api::keys::ANNOTATION_BACKUP],
+                "true"
+            );
+        }
+    }
+
+    /// Scenario 8b's registration differs from the shipped one only in
+    /// name, address and namespace: what it shows holds for the shipped one.
+    #[test]
+    fn the_own_webhook_registration_keeps_the_shipped_policy() {
+        let shipped = shipped_webhook().unwrap();
+        let cfg = own_webhook_config_body(
+            "hoard-e2e-down-ns1",
+            "r1",
+            "ns1.down.hoard.dev",
+            "https://127.0.0.1:9443/mutate/pods",
+            b"PEM",
+            "ns1",
+            &shipped,
+        )
+        .unwrap();
+        check_schema::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>(
+            &cfg,
+        )
+        .unwrap();
+        let ours = cfg["webhooks"][0].as_object().unwrap();
+        let theirs = shipped.as_object().unwrap();
+        for (k, v) in theirs {
+            if !["name", "clientConfig", "namespaceSelector"].contains(&k.as_str()) {
+                assert_eq!(ours.get(k), Some(v), "webhooks[0].{k}");
+            }
+        }
+        assert_eq!(ours["failurePolicy"], "Ignore");
+        assert_eq!(
+            ours["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "ns1"
+        );
     }
 }

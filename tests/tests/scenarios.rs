@@ -875,58 +875,120 @@ async fn wrong_repository_password_fails_the_session_with_a_password_error() {
     .await;
 }
 
-/// Scenario 8b: with the webhook unreachable (its process stopped), pods of
-/// workloads Hoard does not target are still created, because of the
-/// failurePolicy of manifests/base/webhook-configuration.yaml.
+/// Scenario 8b: with the webhook process stopped, pods of workloads Hoard
+/// does not target are still created, because of the failurePolicy of
+/// manifests/base/webhook-configuration.yaml.
+///
+/// The test runs a `hoard-webhook` of its own, registered (with the shipped
+/// policy) for this namespace only. The API server loads a new
+/// configuration asynchronously, so it first shows the registration is
+/// live: a dry-run pod Hoard patches comes back patched, and the test's own
+/// process counts a patched review. Then the process is stopped (SIGTERM,
+/// awaited), an un-targeted Deployment's pod must still be created, and the
+/// API server must report that it called the webhook for it and failed open
+/// (its `apiserver_admission_webhook_fail_open_count` for the webhook).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_are_created_while_the_webhook_is_down() {
     e2e::run("webhook-down", |t| async move {
         use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-        let manifest = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../manifests/base/webhook-configuration.yaml"),
-        )?;
-        let shipped: MutatingWebhookConfiguration = serde_yaml::from_str(&manifest)?;
-        let policy = shipped
-            .webhooks
-            .as_ref()
-            .and_then(|w| w.first())
-            .and_then(|w| w.failure_policy.clone())
-            .context("the shipped configuration has no failurePolicy")?;
-        // A port nothing listens on: what the API server sees of a stopped webhook.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let shipped = workloads::shipped_webhook()?;
+        ensure!(
+            shipped["failurePolicy"] == "Ignore",
+            "the shipped webhook's failurePolicy is {}, not Ignore: a stopped webhook would \
+             block every pod",
+            shipped["failurePolicy"]
+        );
+        let mut own = t.env.start_own_webhook(&t.ns).await?;
+        let hook = format!("{}.down.hoard.dev", t.ns);
         let name = format!("hoard-e2e-down-{}", t.ns);
-        let cfg: MutatingWebhookConfiguration = serde_json::from_value(json!({
-            "metadata": { "name": name, "labels": { e2e::E2E_LABEL: t.env.run_id } },
-            "webhooks": [{
-                "name": "down.hoard.dev",
-                "admissionReviewVersions": ["v1"],
-                "clientConfig": { "url": format!("https://127.0.0.1:{port}/mutate/pods") },
-                "rules": [{ "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                            "resources": ["pods"], "scope": "Namespaced" }],
-                "failurePolicy": policy,
-                "timeoutSeconds": 5,
-                "sideEffects": "None",
-                "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": t.ns } },
-            }],
-        }))?;
+        let cfg: MutatingWebhookConfiguration =
+            serde_json::from_value(workloads::own_webhook_config_body(
+                &name,
+                &t.env.run_id,
+                &hook,
+                &own.url,
+                own.ca_pem.as_bytes(),
+                &t.ns,
+                &shipped,
+            )?)?;
         let whs = Api::<MutatingWebhookConfiguration>::all(t.client.clone());
         whs.create(&pp(), &cfg).await?;
         let outcome = async {
+            await_own_webhook_live(&t, &own).await?;
+            own.stop().await?;
+            let before = fail_open_count(&t, &hook).await?;
             t.api::<Deployment>()
                 .create(&pp(), &workloads::deployment(&t, "plain", 1, json!({}))?)
                 .await?;
-            running_pods(&t, "plain", 1).await
+            let pods = running_pods(&t, "plain", 1).await?;
+            ensure!(host_of(&pods[0]).is_none(), "an un-targeted pod got a host");
+            let after = fail_open_count(&t, &hook).await?;
+            ensure!(
+                after > before,
+                "the pod was created, but the API server did not report failing open on \
+                 webhook {hook} ({before} -> {after} in apiserver_admission_webhook_fail_open_count): \
+                 was it called at all?"
+            );
+            Ok(())
         }
         .await;
         let _ = whs.delete(&name, &DeleteParams::default()).await;
-        let pods = outcome?;
-        ensure!(host_of(&pods[0]).is_none(), "an un-targeted pod got a host");
-        Ok(())
+        let _ = own.stop().await;
+        outcome.with_context(|| format!("the test's own webhook logged:\n{}", own.log_tail(30)))
     })
     .await;
+}
+
+/// Waits (bounded) until the API server calls the test's own webhook: a
+/// dry-run pod with the auto-backup annotation comes back with its host,
+/// and that process counts a patched review (the shared webhook, which
+/// also serves this namespace, could have patched the pod alone).
+async fn await_own_webhook_live(t: &TestCtx, own: &e2e::env::OwnWebhook) -> anyhow::Result<()> {
+    let limit = Duration::from_secs(30);
+    let start = std::time::Instant::now();
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let probe = workloads::auto_backup_pod(t, "probe")?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let last = match t.api::<Pod>().create(&dry, &probe).await {
+            Ok(pod) => {
+                let patched = own.reviews("patched-backup").await?;
+                if host_of(&pod) == Some("host-0") && patched > 0 {
+                    return Ok(());
+                }
+                format!(
+                    "the last dry-run pod has host {:?}; the test's webhook patched {patched} reviews",
+                    host_of(&pod)
+                )
+            }
+            Err(e) => format!("the last dry run failed: {e}"),
+        };
+        ensure!(
+            start.elapsed() < limit,
+            "the API server did not call the test's webhook ({}) within {limit:?}; {last}",
+            own.url
+        );
+    }
+}
+
+/// The API server's count of calls to mutating webhook `hook` that failed
+/// and were ignored (`failurePolicy: Ignore`), from its `/metrics`.
+async fn fail_open_count(t: &TestCtx, hook: &str) -> anyhow::Result<f64> {
+    let req = http::Request::get("/metrics").body(Vec::new())?;
+    let text = t.client.request_text(req).await.context(
+        "cannot read the API server's /metrics (the suite needs cluster-admin: \
+         get on the non-resource URL /metrics)",
+    )?;
+    Ok(e2e::prometheus_value(
+        &text,
+        "apiserver_admission_webhook_fail_open_count",
+        &[("name", hook), ("type", "admit")],
+    )
+    .unwrap_or(0.0))
 }
 
 /// Scenario 9: install.yaml and every example pass server-side dry-run.
