@@ -568,3 +568,65 @@ mod tests {
         assert_eq!(got, [5, 10, 20, 40, 300, 300]);
     }
 }
+
+#[cfg(test)]
+mod shutdown_tests {
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    use super::*;
+
+    /// SIGTERM: every controller (and the gauge task) ends once the
+    /// shutdown future resolves, with its watches still open, so the
+    /// process can release the lease and exit within its grace period.
+    /// (A list the API server never answers is cut by the process's drain
+    /// timeout instead, see `args::run`.)
+    #[tokio::test(start_paused = true)]
+    async fn every_controller_stops_on_shutdown() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        // The API server answers lists with nothing and holds every watch
+        // open, as a quiet cluster does.
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some((req, send)) = handle.next_request().await {
+                let q = req.uri().query().unwrap_or_default().to_string();
+                if q.contains("watch=true") {
+                    held.push(send);
+                } else {
+                    let body = serde_json::json!({
+                        "apiVersion": "v1", "kind": "List",
+                        "metadata": { "resourceVersion": "1" }, "items": []
+                    });
+                    send.send_response(
+                        Response::builder()
+                            .status(200)
+                            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                            .unwrap(),
+                    );
+                }
+            }
+            held.len()
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(run_controllers(
+            Client::new(svc, "default"),
+            Settings::default(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!run.is_finished(), "controllers ended before the shutdown");
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("controllers stopped within 10 s of the shutdown")
+            .unwrap()
+            .unwrap();
+        // One watch per watched kind and controller: BackupConfigurations
+        // and BackupSessions (scheduler), BackupSessions (roll-up),
+        // BackupSessions and pods (standalone PVCs), RestoreSessions and
+        // pods (restores), three workload kinds (auto-backup).
+        assert_eq!(server.await.unwrap(), 10);
+    }
+}
