@@ -150,7 +150,14 @@ pub struct Context {
     /// configuration) by UID, at the generation that was checked: their
     /// status updates need no API request.
     pub(crate) auto_seen: Mutex<HashMap<String, i64>>,
+    /// Events already published for a state that persists across
+    /// reconciles (a failed worker waiting for its retry), by key.
+    announced: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Most keys remembered in [`Context::announced`]; forgetting one costs a
+/// repeated event (a series count), nothing else.
+const ANNOUNCED_MAX: usize = 10_000;
 
 impl Context {
     pub fn new(client: Client, now: fn() -> Timestamp) -> Self {
@@ -170,6 +177,7 @@ impl Context {
             settings,
             failures: Mutex::new(HashMap::new()),
             auto_seen: Mutex::new(HashMap::new()),
+            announced: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -188,6 +196,27 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&Self::key(obj));
+    }
+
+    /// Publishes `notice` on `obj` unless this process published it under
+    /// `key` already: for a state that lasts while the object is reconciled
+    /// again and again (agents write session status every few seconds).
+    pub(crate) async fn publish_once<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        notice: &plan::Notice,
+        key: &str,
+    ) {
+        let new = {
+            let mut seen = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.len() >= ANNOUNCED_MAX {
+                seen.clear();
+            }
+            seen.insert(key.to_string())
+        };
+        if new {
+            self.publish(obj, notice).await;
+        }
     }
 
     /// Publishes an event on `obj`. A failed event is logged, not retried:
