@@ -58,7 +58,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
@@ -562,7 +562,21 @@ async fn auto_backup_controller<K>(
 ) where
     K: auto_backup::AutoBackupWorkload,
 {
-    Controller::new(Api::<K>::all(client), watcher::Config::default())
+    let mut controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default());
+    let template = ctx.settings.default_repository_template.clone();
+    if !template.is_empty() {
+        // The default template created, edited or deleted: every workload
+        // is looked at again (those without auto-backup at no API cost),
+        // so generated Repositories follow at once, not at the resync.
+        let changes = watcher(
+            Api::<api::RepositoryTemplate>::all(client),
+            watcher::Config::default().fields(&format!("metadata.name={template}")),
+        )
+        .touched_objects()
+        .filter_map(|r| async move { r.ok().map(|_| ()) });
+        controller = controller.reconcile_all_on(changes);
+    }
+    controller
         .with_config(cc)
         .graceful_shutdown_on(shutdown)
         .run(
@@ -655,7 +669,8 @@ mod shutdown_tests {
         // One watch per watched kind and controller: BackupConfigurations
         // and BackupSessions (scheduler), BackupSessions (roll-up),
         // BackupSessions and pods (standalone PVCs), RestoreSessions and
-        // pods (restores), three workload kinds (auto-backup).
-        assert_eq!(server.await.unwrap(), 10);
+        // pods (restores), three workload kinds and the default
+        // RepositoryTemplate for each of them (auto-backup).
+        assert_eq!(server.await.unwrap(), 13);
     }
 }
