@@ -346,10 +346,10 @@ fn webhook_permissions_cover_its_caches_and_writes() {
     }
     assert!(grants(&rules, "hoard.dev", "backupsessions", "create"));
     // Auto-backup: a Repository per workload from the default template,
-    // which is only read, by name.
+    // which is only read and watched.
     assert!(grants(&rules, "hoard.dev", "repositories", "create"));
-    assert!(grants(&rules, "hoard.dev", "repositorytemplates", "get"));
-    for verb in ["list", "watch", "create", "patch", "update", "delete"] {
+    assert!(grants(&rules, "hoard.dev", "repositorytemplates", "watch"));
+    for verb in ["create", "patch", "update", "delete"] {
         assert!(
             !grants(&rules, "hoard.dev", "repositorytemplates", verb),
             "repositorytemplates {verb}"

@@ -11,8 +11,9 @@
 //! ([`api::template::expand_template`]). That Repository is owned by the
 //! template, not the workload: the snapshots stay restorable after the
 //! workload is deleted, and deleting the template removes what it generated
-//! (never the data). Without that template, the namespace's
-//! `--default-repository` is used.
+//! (never the data). The template is watched: creating, editing or deleting
+//! it reconciles every workload again. Without that template, the
+//! namespace's `--default-repository` is used.
 //!
 //! Data flow: the reconciler reads the workload, the generated
 //! configuration and (when needed) the template and the generated

@@ -286,6 +286,9 @@ impl Scenario {
                 assert_eq!(body["status"]["conditions"][0]["status"], "False");
                 assert_eq!(body["status"]["conditions"][0]["reason"], "Paused");
                 assert!(body["status"].get("nextScheduleTime").is_none());
+                let ev = api.event().await;
+                assert_eq!(ev["reason"], "BackupPaused");
+                assert!(ev["note"].as_str().unwrap().contains("spec.paused"));
             }
             Self::RunningSessionBlocks => {
                 let running = session("db-running", Some(hosts(&[Phase::Running])));
@@ -687,4 +690,111 @@ async fn a_missing_crd_is_reported_plainly() {
         "{msg}"
     );
     assert!(msg.contains("manifests/install.yaml"), "{msg}");
+}
+
+/// Batch backup (seed 004): one configuration, three co-related targets,
+/// one session. `totalHosts` counts every target's hosts; each agent's entry
+/// names its target, so host-0 of the StatefulSet and host-0 of the
+/// Deployment are different hosts; the session is Running (an event says
+/// so) until every one finished, then Succeeded.
+#[tokio::test(start_paused = true)]
+async fn a_batch_session_rolls_up_every_target_in_one_session() {
+    let target = |kind: &str, name: &str| TargetRef {
+        api_version: if kind == "PersistentVolumeClaim" {
+            "v1".into()
+        } else {
+            "apps/v1".into()
+        },
+        kind: kind.into(),
+        name: name.into(),
+    };
+    let targets = [
+        target("StatefulSet", "db"),
+        target("Deployment", "web"),
+        target("PersistentVolumeClaim", "shared"),
+    ];
+    let mut cfg = config(false, "2026-03-10T12:00:00Z");
+    cfg.spec.target = None;
+    cfg.spec.targets = Some(
+        targets
+            .iter()
+            .map(|t| BackupTarget {
+                target_ref: t.clone(),
+                ..Default::default()
+            })
+            .collect(),
+    );
+    let entry = |host: &str, t: &TargetRef, phase: Phase| HostBackupStats {
+        hostname: host.into(),
+        target: Some(t.clone()),
+        phase: Some(phase),
+        duration: Some("2s".into()),
+        ..Default::default()
+    };
+    let mut stats = vec![
+        entry("host-0", &targets[0], Phase::Succeeded),
+        entry("host-1", &targets[0], Phase::Running),
+        entry("host-0", &targets[1], Phase::Succeeded),
+    ];
+    for (last, phase, event) in [
+        (None, "Running", "BackupStarted"),
+        (
+            Some(entry("host-0", &targets[2], Phase::Succeeded)),
+            "Succeeded",
+            "BackupSucceeded",
+        ),
+    ] {
+        if let Some(e) = last {
+            stats[1].phase = Some(Phase::Succeeded);
+            stats.push(e);
+        }
+        let s = session(
+            "db-1",
+            Some(BackupSessionStatus {
+                phase: (phase == "Succeeded").then_some(Phase::Running),
+                stats: Some(stats.clone()),
+                ..Default::default()
+            }),
+        );
+        let cfg = cfg.clone();
+        let done = u64::from(phase == "Succeeded") * 2 + 2;
+        verify_with(
+            now,
+            s,
+            super::rollup::reconcile,
+            move |mut api: ApiServer| async move {
+                api.expect(Method::GET, &format!("{BC}/db"), 200, json!(cfg))
+                    .await;
+                // Only the StatefulSet is asked for its hosts (replicas); a
+                // Deployment and a PVC are one host each.
+                api.expect(
+                    Method::GET,
+                    "/apis/apps/v1/namespaces/demo/statefulsets/db",
+                    200,
+                    statefulset(2),
+                )
+                .await;
+                let body = api
+                    .expect(
+                        Method::PATCH,
+                        &format!("{BS}/db-1/status?&fieldManager=hoard"),
+                        200,
+                        json!(session("db-1", None)),
+                    )
+                    .await;
+                assert_eq!(body["status"]["phase"], phase);
+                assert_eq!(body["status"]["totalHosts"], 4);
+                assert_eq!(body["status"]["hostsDone"], done);
+                let ev = api.event().await;
+                assert_eq!(ev["reason"], event, "{ev}");
+                if phase == "Succeeded" {
+                    // the sum of the hosts' durations (seed 001)
+                    assert_eq!(ev["note"], "all 4 hosts backed up in 8s");
+                }
+                api
+            },
+        )
+        .await
+        .unwrap();
+    }
 }

@@ -58,7 +58,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
@@ -150,7 +150,14 @@ pub struct Context {
     /// configuration) by UID, at the generation that was checked: their
     /// status updates need no API request.
     pub(crate) auto_seen: Mutex<HashMap<String, i64>>,
+    /// Events already published for a state that persists across
+    /// reconciles (a failed worker waiting for its retry), by key.
+    announced: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Most keys remembered in [`Context::announced`]; forgetting one costs a
+/// repeated event (a series count), nothing else.
+const ANNOUNCED_MAX: usize = 10_000;
 
 impl Context {
     pub fn new(client: Client, now: fn() -> Timestamp) -> Self {
@@ -170,6 +177,7 @@ impl Context {
             settings,
             failures: Mutex::new(HashMap::new()),
             auto_seen: Mutex::new(HashMap::new()),
+            announced: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -188,6 +196,27 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&Self::key(obj));
+    }
+
+    /// Publishes `notice` on `obj` unless this process published it under
+    /// `key` already: for a state that lasts while the object is reconciled
+    /// again and again (agents write session status every few seconds).
+    pub(crate) async fn publish_once<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        notice: &plan::Notice,
+        key: &str,
+    ) {
+        let new = {
+            let mut seen = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.len() >= ANNOUNCED_MAX {
+                seen.clear();
+            }
+            seen.insert(key.to_string())
+        };
+        if new {
+            self.publish(obj, notice).await;
+        }
     }
 
     /// Publishes an event on `obj`. A failed event is logged, not retried:
@@ -533,7 +562,21 @@ async fn auto_backup_controller<K>(
 ) where
     K: auto_backup::AutoBackupWorkload,
 {
-    Controller::new(Api::<K>::all(client), watcher::Config::default())
+    let mut controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default());
+    let template = ctx.settings.default_repository_template.clone();
+    if !template.is_empty() {
+        // The default template created, edited or deleted: every workload
+        // is looked at again (those without auto-backup at no API cost),
+        // so generated Repositories follow at once, not at the resync.
+        let changes = watcher(
+            Api::<api::RepositoryTemplate>::all(client),
+            watcher::Config::default().fields(&format!("metadata.name={template}")),
+        )
+        .touched_objects()
+        .filter_map(|r| async move { r.ok().map(|_| ()) });
+        controller = controller.reconcile_all_on(changes);
+    }
+    controller
         .with_config(cc)
         .graceful_shutdown_on(shutdown)
         .run(
@@ -566,5 +609,68 @@ mod tests {
     fn backoff_doubles_up_to_a_cap() {
         let got: Vec<u64> = [1, 2, 3, 4, 7, 50].map(|n| backoff(n).as_secs()).to_vec();
         assert_eq!(got, [5, 10, 20, 40, 300, 300]);
+    }
+}
+
+#[cfg(test)]
+mod shutdown_tests {
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    use super::*;
+
+    /// SIGTERM: every controller (and the gauge task) ends once the
+    /// shutdown future resolves, with its watches still open, so the
+    /// process can release the lease and exit within its grace period.
+    /// (A list the API server never answers is cut by the process's drain
+    /// timeout instead, see `args::run`.)
+    #[tokio::test(start_paused = true)]
+    async fn every_controller_stops_on_shutdown() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        // The API server answers lists with nothing and holds every watch
+        // open, as a quiet cluster does.
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some((req, send)) = handle.next_request().await {
+                let q = req.uri().query().unwrap_or_default().to_string();
+                if q.contains("watch=true") {
+                    held.push(send);
+                } else {
+                    let body = serde_json::json!({
+                        "apiVersion": "v1", "kind": "List",
+                        "metadata": { "resourceVersion": "1" }, "items": []
+                    });
+                    send.send_response(
+                        Response::builder()
+                            .status(200)
+                            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                            .unwrap(),
+                    );
+                }
+            }
+            held.len()
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(run_controllers(
+            Client::new(svc, "default"),
+            Settings::default(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!run.is_finished(), "controllers ended before the shutdown");
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("controllers stopped within 10 s of the shutdown")
+            .unwrap()
+            .unwrap();
+        // One watch per watched kind and controller: BackupConfigurations
+        // and BackupSessions (scheduler), BackupSessions (roll-up),
+        // BackupSessions and pods (standalone PVCs), RestoreSessions and
+        // pods (restores), three workload kinds and the default
+        // RepositoryTemplate for each of them (auto-backup).
+        assert_eq!(server.await.unwrap(), 13);
     }
 }

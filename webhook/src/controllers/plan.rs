@@ -190,6 +190,9 @@ pub fn plan_configuration(
         )
     };
 
+    if notice.is_none() {
+        notice = schedule_transition(&old, reason, &message);
+    }
     let condition = condition(
         &old.conditions,
         CONDITION_SCHEDULED,
@@ -212,6 +215,39 @@ pub fn plan_configuration(
         requeue: next.map(|n| until(now, n).min(MAX_REQUEUE)),
         delete: expired_sessions(sessions, config.spec.history_limit()),
     }
+}
+
+/// The event for a change of the `Scheduled` condition's reason that the
+/// user caused (pausing, resuming, a schedule that cannot run), once, when
+/// it happens; ticks have their own events.
+fn schedule_transition(
+    old: &BackupConfigurationStatus,
+    reason: &str,
+    message: &str,
+) -> Option<Notice> {
+    let was = old
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == CONDITION_SCHEDULED)
+        .map(|c| c.reason.as_str());
+    if was == Some(reason) {
+        return None;
+    }
+    let (warning, reason) = match (was, reason) {
+        (_, "Paused") => (false, "BackupPaused"),
+        (_, "InvalidSchedule") => (true, "InvalidSchedule"),
+        (_, "NoSchedule") => (false, "NoSchedule"),
+        (Some("Paused"), _) => (false, "BackupResumed"),
+        (Some("InvalidSchedule" | "NoSchedule"), "Active") => (false, "Scheduled"),
+        _ => return None,
+    };
+    Some(Notice {
+        warning,
+        reason,
+        action: "Schedule",
+        note: message.to_string(),
+    })
 }
 
 /// The finished sessions beyond the newest `limit` finished ones (Stash's
@@ -804,6 +840,33 @@ mod tests {
         );
         assert!(plan.create.is_none());
         assert_eq!(reason(&plan), ("False", "InvalidSchedule"));
+    }
+
+    /// Pausing, resuming and a schedule that cannot run are events once,
+    /// when they happen (`kubectl describe bc`), not only a condition.
+    #[test]
+    fn pause_resume_and_schedule_problems_are_events_once() {
+        let at = ts("2026-03-10T11:30:00Z");
+        let step = |c: &mut BackupConfiguration| {
+            let plan = plan_configuration(c, &[], at);
+            c.status = Some(plan.status.clone());
+            plan.notice.map(|n| (n.reason, n.warning))
+        };
+        let mut c = with_next(config(Some("@hourly"), false), "2026-03-10T12:00:00Z");
+        assert_eq!(step(&mut c), None, "first look at an active schedule");
+        c.spec.paused = Some(true);
+        assert_eq!(step(&mut c), Some(("BackupPaused", false)));
+        assert_eq!(step(&mut c), None, "still paused: no repeat");
+        c.spec.paused = None;
+        assert_eq!(step(&mut c), Some(("BackupResumed", false)));
+        assert_eq!(step(&mut c), None);
+        c.spec.schedule = Some("every hour".into());
+        assert_eq!(step(&mut c), Some(("InvalidSchedule", true)));
+        assert_eq!(step(&mut c), None);
+        c.spec.schedule = Some("@hourly".into());
+        assert_eq!(step(&mut c), Some(("Scheduled", false)));
+        c.spec.schedule = None;
+        assert_eq!(step(&mut c), Some(("NoSchedule", false)));
     }
 
     #[test]

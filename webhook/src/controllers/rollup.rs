@@ -16,7 +16,7 @@ use tracing::info;
 use api::common::{Phase, TargetRef};
 use api::host::WorkloadKind;
 use api::keys::FIELD_MANAGER;
-use api::{BackupConfiguration, BackupSession};
+use api::{BackupConfiguration, BackupSession, BackupSessionStatus};
 
 use super::plan::{
     HostEntry, Notice, SessionStatus, TargetHosts, Workload, failed_status, roll_up_session,
@@ -133,6 +133,8 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
         if let Some(notice) = finished_notice(&BACKUP, &old, &status) {
             info!(%ns, session = %name, reason = notice.reason, "backup session finished");
             ctx.publish(session.as_ref(), &notice).await;
+        } else if let Some(notice) = started_notice(&old, &status) {
+            ctx.publish(session.as_ref(), &notice).await;
         }
     }
     ctx.succeeded(session.as_ref());
@@ -154,6 +156,25 @@ pub(super) const BACKUP: Reasons = Reasons {
     skipped: "BackupSkipped",
     verb: "backed up",
 };
+
+/// The event for a backup session whose first host started (`Running`).
+pub(super) fn started_notice(
+    old: &BackupSessionStatus,
+    new: &BackupSessionStatus,
+) -> Option<Notice> {
+    if new.phase != Some(Phase::Running) || old.phase == Some(Phase::Running) {
+        return None;
+    }
+    let hosts = new.total_hosts.unwrap_or_default();
+    Some(Notice {
+        warning: false,
+        reason: "BackupStarted",
+        action: "RollUp",
+        note: format!(
+            "backing up {hosts} host(s); the session fails any host that has not finished by its timeOut"
+        ),
+    })
+}
 
 /// The event for a session (backup or restore) that just finished.
 pub(super) fn finished_notice<S: SessionStatus>(

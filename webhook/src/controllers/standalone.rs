@@ -62,6 +62,9 @@ pub struct PvcPlan {
     pub create: Vec<Pod>,
     pub delete: Vec<String>,
     pub notices: Vec<Notice>,
+    /// Events about a state that lasts across reconciles, each published
+    /// once under its key (a failed pod's name: one per attempt).
+    pub notices_once: Vec<(String, Notice)>,
     pub requeue: Option<Duration>,
     /// Hosts (by batch target) whose worker failed every attempt: failed
     /// in the session's status with the reason, so the session finishes
@@ -151,7 +154,7 @@ pub fn plan_pvc_workers(
                     // Kept until replaced: it carries the attempt count.
                     wanted.push(pod.clone());
                     plan.requeue = sooner(plan.requeue, until(now, at));
-                    plan.notices.push(Notice {
+                    plan.notices_once.push((format!("{}/{pod}", ns), Notice {
                         warning: true,
                         reason: "WorkerPodFailed",
                         action: "Backup",
@@ -159,7 +162,7 @@ pub fn plan_pvc_workers(
                             "worker pod {pod} for PVC {} failed: {reason}; attempt {next} of {WORKER_ATTEMPTS} starts at {at}",
                             r.name
                         ),
-                    });
+                    }));
                     continue;
                 }
                 Retry::GiveUp { attempts } => {
@@ -395,6 +398,9 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
     }
     for n in &plan.notices {
         ctx.publish(session.as_ref(), n).await;
+    }
+    for (key, n) in &plan.notices_once {
+        ctx.publish_once(session.as_ref(), n, key).await;
     }
     ctx.succeeded(session.as_ref());
     Ok(plan
@@ -802,7 +808,7 @@ mod tests {
                 "{attempt}"
             );
             assert_eq!(early.requeue, Some(Duration::from_secs(1)));
-            let n = &early.notices[0];
+            let n = &early.notices_once[0].1;
             assert_eq!((n.reason, n.warning), ("WorkerPodFailed", true));
             assert!(
                 n.note.contains("OOMKilled")
@@ -916,6 +922,43 @@ mod tests {
         )
         .await
         .unwrap();
+    }
+
+    /// Agents write the session's status every few seconds, and each write
+    /// reconciles it: the wait for a retry is announced once, not per write.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_retry_is_announced_once() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = Arc::new(Context::new(kube::Client::new(svc, "default"), now));
+        let failed = json!(failed_worker(1, now()));
+        let server = tokio::spawn(async move {
+            let mut api = ApiServer(handle);
+            for round in 0..3 {
+                api.expect(Method::GET, BC, 200, json!(config("PersistentVolumeClaim")))
+                    .await;
+                api.expect(
+                    Method::GET,
+                    &format!("{PODS}?"),
+                    200,
+                    list_of("Pod", vec![failed.clone()]),
+                )
+                .await;
+                if round == 0 {
+                    assert_eq!(api.event().await["reason"], "WorkerPodFailed");
+                }
+            }
+            api.done().await;
+        });
+        for _ in 0..3 {
+            let a = reconcile(Arc::new(session(None)), ctx.clone())
+                .await
+                .unwrap();
+            assert_eq!(a, Action::requeue(WORKER_BACKOFF_BASE));
+        }
+        drop(ctx);
+        server.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
