@@ -446,7 +446,14 @@ pub fn restore_wait_container(
             "--deadline-seconds".to_owned(),
             deadline.to_string(),
         ]),
-        resources: Some(r.resources.clone().unwrap_or_else(default_resources)),
+        // What pod validation would refuse falls back to the defaults
+        // (add_restore_wait warns about it).
+        resources: Some(
+            r.resources
+                .clone()
+                .filter(|res| crate::resources::problems(res).is_empty())
+                .unwrap_or_else(default_resources),
+        ),
         security_context: Some(restricted_security_context(r)),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         volume_mounts: Some(volume_mounts),
@@ -469,6 +476,18 @@ fn add_restore_wait(
             r.name
         ));
         return;
+    }
+    if let Some(res) = &r.resources {
+        let problems = crate::resources::problems(res);
+        if !problems.is_empty() {
+            warnings.push(format!(
+                "hoard: RestoreSession {}'s runtimeSettings.container.resources would make \
+                 the pod invalid ({}); {} uses its default resources",
+                r.name,
+                problems.join("; "),
+                keys::RESTORE_WAIT_CONTAINER
+            ));
+        }
     }
     let known: Vec<_> = pod_volume_names(pod).collect();
     let mut mounts = Vec::new();

@@ -655,3 +655,70 @@ async fn malformed_annotations_become_one_event_on_the_workload_but_not_for_a_dr
     assert!(server.events.try_recv().is_err(), "no event for either");
     server.stop().await;
 }
+
+fn warnings_of(a: &Answered) -> Vec<String> {
+    serde_json::from_value(a.response["warnings"].clone()).unwrap_or_default()
+}
+
+fn init_containers(a: &Answered) -> Vec<Container> {
+    a.pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .clone()
+        .unwrap_or_default()
+}
+
+/// The API server applies the patch, defaults and then validates the pod:
+/// session resources it would refuse (a quantity it cannot decode, a
+/// negative one, a request above its limit, claims the pod does not
+/// declare, resources restore-wait has no use for) would make every pod of
+/// the workload fail to be created, whatever the failurePolicy. The
+/// init-container falls back to its defaults and the user is warned.
+#[tokio::test]
+async fn session_resources_the_api_server_would_refuse_fall_back_to_the_defaults() {
+    let defaults = expected_init_container(json!([])).resources.unwrap();
+    for (resources, why) in [
+        (
+            json!({"requests": {"memory": "512Mi"}, "limits": {"memory": "256Mi"}}),
+            "memory",
+        ),
+        (json!({"limits": {"memory": "lots"}}), "lots"),
+        (json!({"requests": {"cpu": "-100m"}}), "-100m"),
+        (json!({"claims": [{"name": "gpu"}]}), "claims"),
+        (json!({"limits": {"nvidia.com/gpu": "1"}}), "nvidia.com/gpu"),
+        (
+            json!({"requests": {"cpu": "1.5"}, "limits": {"cpu": "1500m", "memory": "1e3"},
+                   "claims": []}),
+            "",
+        ),
+    ] {
+        let state = State::new();
+        let mut r = restore("r", WorkloadKind::StatefulSet, "web", &[("data", "/d")]);
+        r.resources = Some(serde_json::from_value(resources.clone()).unwrap());
+        state.apply_restore("demo", r);
+        let server = TestServer::start(state).await;
+        let a = send(&server, &fixture("pod-create-statefulset-web-0.json")).await;
+        let c = &init_containers(&a)[0];
+        let warnings = warnings_of(&a);
+        if why.is_empty() {
+            // valid: kept as written, no warning
+            assert_eq!(
+                serde_json::to_value(c.resources.as_ref().unwrap()).unwrap(),
+                resources,
+                "{resources}"
+            );
+            assert!(warnings.is_empty(), "{resources}: {warnings:?}");
+        } else {
+            assert_eq!(c.resources.as_ref(), Some(&defaults), "{resources}");
+            assert_eq!(warnings.len(), 1, "{resources}: {warnings:?}");
+            assert!(
+                warnings[0].contains("runtimeSettings.container.resources")
+                    && warnings[0].contains(why),
+                "{resources}: {warnings:?}"
+            );
+        }
+        server.stop().await;
+    }
+}
