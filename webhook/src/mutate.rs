@@ -202,15 +202,28 @@ fn decide(
     if restore.is_none() && !backed_up {
         return skip(with_warnings(resp, warnings));
     }
-    let restore = restore.filter(|_| {
-        let already = has_init_container(pod, keys::RESTORE_WAIT_CONTAINER);
-        if already {
+    let restore = restore.filter(|r| {
+        // Container names are unique across containers and init-containers.
+        if has_container(pod, keys::RESTORE_WAIT_CONTAINER) {
             warnings.push(format!(
-                "hoard: the pod already has an init-container named {}; no restore was injected",
+                "hoard: the pod already has a container named {}; no restore was injected",
                 keys::RESTORE_WAIT_CONTAINER
             ));
+            return false;
         }
-        !already
+        // The API server refuses the Linux security settings restore-wait
+        // runs with (capabilities, seccompProfile, runAsUser, ...) on a
+        // Windows pod: injecting it would make the pod invalid.
+        if is_windows(pod) {
+            warnings.push(format!(
+                "hoard: RestoreSession {} cannot hold a pod with spec.os.name: windows \
+                 (restore-wait runs with Linux security settings the API server forbids \
+                 there); the pod starts without waiting for its restore",
+                r.name
+            ));
+            return false;
+        }
+        true
     });
 
     let mut patch = PatchBuilder::default();
@@ -280,11 +293,30 @@ fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-fn has_init_container(pod: &Pod, name: &str) -> bool {
+/// Whether any container, init-container or ephemeral container of the pod
+/// is named `name`.
+fn has_container(pod: &Pod, name: &str) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    spec.containers.iter().any(|c| c.name == name)
+        || spec
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == name)
+        || spec
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == name)
+}
+
+fn is_windows(pod: &Pod) -> bool {
     pod.spec
         .as_ref()
-        .and_then(|s| s.init_containers.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.name == name))
+        .and_then(|s| s.os.as_ref())
+        .is_some_and(|os| os.name == "windows")
 }
 
 fn pod_volume_names(pod: &Pod) -> impl Iterator<Item = &str> {

@@ -722,3 +722,52 @@ async fn session_resources_the_api_server_would_refuse_fall_back_to_the_defaults
         server.stop().await;
     }
 }
+
+/// The API server forbids the Linux security settings restore-wait runs
+/// with (capabilities, seccompProfile, runAsUser, ...) on a pod with
+/// `spec.os.name: windows`: injecting it would make the pod invalid. Such a
+/// pod keeps its identity, is not held, and the user is told why.
+#[tokio::test]
+async fn a_windows_pod_is_not_held_since_the_api_server_would_refuse_it() {
+    let state = State::new();
+    state.apply_backup("demo", backup("b", WorkloadKind::StatefulSet, "web"));
+    state.apply_restore(
+        "demo",
+        restore("r", WorkloadKind::StatefulSet, "web", &[("data", "/d")]),
+    );
+    let server = TestServer::start(state).await;
+    let mut review = fixture("pod-create-statefulset-web-0.json");
+    review["request"]["object"]["spec"]["os"] = json!({"name": "windows"});
+    let a = send(&server, &review).await;
+    assert!(init_containers(&a).is_empty(), "{:?}", init_containers(&a));
+    assert_eq!(labels(&a.pod)["hoard.dev/host"], "host-0");
+    assert!(!annotations(&a.pod).contains_key("hoard.dev/restore-session"));
+    let warnings = warnings_of(&a);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("windows"), "{warnings:?}");
+    server.stop().await;
+}
+
+/// Container names are unique across a pod's containers and
+/// init-containers: an application container already named
+/// `hoard-restore-wait` makes the injection a duplicate the API server
+/// refuses.
+#[tokio::test]
+async fn an_app_container_named_like_the_init_container_is_not_duplicated() {
+    let state = State::new();
+    state.apply_restore(
+        "demo",
+        restore("r", WorkloadKind::StatefulSet, "web", &[("data", "/d")]),
+    );
+    let server = TestServer::start(state).await;
+    let mut review = fixture("pod-create-statefulset-web-0.json");
+    review["request"]["object"]["spec"]["containers"][0]["name"] = json!("hoard-restore-wait");
+    let a = send(&server, &review).await;
+    assert!(init_containers(&a).is_empty());
+    let warnings = warnings_of(&a);
+    assert!(
+        warnings.iter().any(|w| w.contains("hoard-restore-wait")),
+        "{warnings:?}"
+    );
+    server.stop().await;
+}
