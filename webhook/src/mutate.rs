@@ -522,9 +522,22 @@ fn add_restore_wait(
         }
     }
     let known: Vec<_> = pod_volume_names(pod).collect();
-    let mut mounts = Vec::new();
+    let mut mounts: Vec<VolumeMount> = Vec::new();
     for m in &r.volume_mounts {
-        if !known.contains(&m.name.as_str()) {
+        if m.mount_path.is_empty() {
+            warnings.push(format!(
+                "hoard: RestoreSession {} mounts {:?} at an empty path; \
+                 that volume is not mounted in the init-container",
+                r.name, m.name
+            ));
+        } else if let Some(first) = mounts.iter().find(|o| o.mount_path == m.mount_path) {
+            // A container's mount paths are unique.
+            warnings.push(format!(
+                "hoard: RestoreSession {} mounts {:?} at {}, where {:?} is already mounted; \
+                 only the first is mounted in the init-container",
+                r.name, m.name, m.mount_path, first.name
+            ));
+        } else if !known.contains(&m.name.as_str()) {
             warnings.push(format!(
                 "hoard: RestoreSession {} restores volume {:?}, which this pod does not have",
                 r.name, m.name

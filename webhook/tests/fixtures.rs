@@ -771,3 +771,33 @@ async fn an_app_container_named_like_the_init_container_is_not_duplicated() {
     );
     server.stop().await;
 }
+
+/// A container's mount paths must be unique and not empty: a session that
+/// mounts two volumes at one path (or one at "") must not make the pod
+/// invalid; the first mount at a path wins and the rest are reported.
+#[tokio::test]
+async fn session_mounts_the_api_server_would_refuse_are_left_out() {
+    let state = State::new();
+    state.apply_restore(
+        "demo",
+        restore(
+            "r",
+            WorkloadKind::StatefulSet,
+            "web",
+            &[("data", "/d"), ("data", "/d"), ("data", "")],
+        ),
+    );
+    let server = TestServer::start(state).await;
+    let a = send(&server, &fixture("pod-create-statefulset-web-0.json")).await;
+    let c = &init_containers(&a)[0];
+    let paths: Vec<&str> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert_eq!(paths, ["/hoard/status", "/d"]);
+    let warnings = warnings_of(&a);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    server.stop().await;
+}
