@@ -412,13 +412,19 @@ impl PatchBuilder {
     }
 }
 
+/// A user or group id the API server accepts (0..=2147483647) other than
+/// root.
+fn usable_id(id: i64) -> bool {
+    (1..=i64::from(i32::MAX)).contains(&id)
+}
+
 /// Restricted-profile security context for the init-container; a session
 /// may choose the user/group ids (never root).
 fn restricted_security_context(r: &RestoreSummary) -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),
-        run_as_user: Some(r.run_as_user.filter(|u| *u > 0).unwrap_or(65532)),
-        run_as_group: Some(r.run_as_group.filter(|g| *g > 0).unwrap_or(65532)),
+        run_as_user: Some(r.run_as_user.filter(|u| usable_id(*u)).unwrap_or(65532)),
+        run_as_group: Some(r.run_as_group.filter(|g| usable_id(*g)).unwrap_or(65532)),
         allow_privilege_escalation: Some(false),
         privileged: Some(false),
         read_only_root_filesystem: Some(true),
@@ -517,6 +523,16 @@ fn add_restore_wait(
                  the pod invalid ({}); {} uses its default resources",
                 r.name,
                 problems.join("; "),
+                keys::RESTORE_WAIT_CONTAINER
+            ));
+        }
+    }
+    for (field, id) in [("runAsUser", r.run_as_user), ("runAsGroup", r.run_as_group)] {
+        if let Some(id) = id.filter(|id| *id > i64::from(i32::MAX)) {
+            warnings.push(format!(
+                "hoard: RestoreSession {}'s runtimeSettings.container.securityContext.{field} \
+                 {id} is above 2147483647, which the API server refuses; {} runs as 65532",
+                r.name,
                 keys::RESTORE_WAIT_CONTAINER
             ));
         }

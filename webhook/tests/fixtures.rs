@@ -801,3 +801,31 @@ async fn session_mounts_the_api_server_would_refuse_are_left_out() {
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     server.stop().await;
 }
+
+/// User and group ids are validated as 0..=2147483647 by the API server
+/// (the CRD's int64 lets larger ones through): such a session's ids would
+/// make the pod invalid, so restore-wait keeps its own ids and the user is
+/// warned.
+#[tokio::test]
+async fn session_user_ids_the_api_server_would_refuse_are_not_used() {
+    let state = State::new();
+    let mut r = restore("r", WorkloadKind::StatefulSet, "web", &[("data", "/d")]);
+    r.run_as_user = Some(4_294_967_295);
+    r.run_as_group = Some(2_147_483_648);
+    state.apply_restore("demo", r);
+    let server = TestServer::start(state).await;
+    let a = send(&server, &fixture("pod-create-statefulset-web-0.json")).await;
+    let sc = init_containers(&a)[0].security_context.clone().unwrap();
+    assert_eq!(
+        (sc.run_as_user, sc.run_as_group),
+        (Some(65532), Some(65532))
+    );
+    let warnings = warnings_of(&a);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("runAsUser 4294967295"), "{warnings:?}");
+    assert!(
+        warnings[1].contains("runAsGroup 2147483648"),
+        "{warnings:?}"
+    );
+    server.stop().await;
+}
