@@ -578,9 +578,24 @@ fn add_restore_wait(
             });
         }
     }
-    let container = restore_wait_container(r, mounts, cfg);
-    let container = serde_json::to_value(container).unwrap_or(Value::Null);
     let spec = pod.spec.as_ref();
+    let mut container = restore_wait_container(r, mounts, cfg);
+    // With pod-level resources the API server wants every container's
+    // limits within the pod's and their requests to add up within it: the
+    // defaults could break a small pod's budget, while a container without
+    // resources simply runs within it. A session's own (valid) resources
+    // are the user's choice and kept.
+    let session_resources = r
+        .resources
+        .as_ref()
+        .is_some_and(|res| crate::resources::problems(res).is_empty());
+    let pod_level = spec
+        .and_then(|s| s.resources.as_ref())
+        .is_some_and(|res| res.limits.is_some() || res.requests.is_some());
+    if pod_level && !session_resources {
+        container.resources = None;
+    }
+    let container = serde_json::to_value(container).unwrap_or(Value::Null);
     if spec.and_then(|s| s.init_containers.as_ref()).is_some() {
         // Index 0: before the application's own init-containers, which may
         // read the restored data.

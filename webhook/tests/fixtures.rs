@@ -829,3 +829,32 @@ async fn session_user_ids_the_api_server_would_refuse_are_not_used() {
     );
     server.stop().await;
 }
+
+/// With pod-level resources (`spec.resources`), the API server requires
+/// every container's limits to fit within the pod's and the containers'
+/// requests to add up within the pod's: the init-container's default
+/// resources could break a small pod's budget. It then gets none and runs
+/// within the pod's budget, as containers without resources do.
+#[tokio::test]
+async fn a_pod_with_pod_level_resources_gets_an_init_container_within_its_budget() {
+    let state = State::new();
+    state.apply_restore(
+        "demo",
+        restore("r", WorkloadKind::StatefulSet, "web", &[("data", "/d")]),
+    );
+    let server = TestServer::start(state).await;
+    let mut review = fixture("pod-create-statefulset-web-0.json");
+    review["request"]["object"]["spec"]["resources"] = json!({"requests": {"cpu": "5m", "memory": "8Mi"}, "limits": {"cpu": "50m", "memory": "8Mi"}});
+    let a = send(&server, &review).await;
+    let c = &init_containers(&a)[0];
+    assert_eq!(c.name, "hoard-restore-wait");
+    assert!(
+        c.resources
+            .as_ref()
+            .is_none_or(|r| r.limits.is_none() && r.requests.is_none()),
+        "{:?}",
+        c.resources
+    );
+    assert!(warnings_of(&a).is_empty(), "{:?}", warnings_of(&a));
+    server.stop().await;
+}
