@@ -877,20 +877,26 @@ async fn wrong_repository_password_fails_the_session_with_a_password_error() {
 
 /// Scenario 8b: with the webhook process stopped, pods of workloads Hoard
 /// does not target are still created, because of the failurePolicy of
-/// manifests/base/webhook-configuration.yaml.
+/// manifests/base/webhook-configuration.yaml; so are those of a workload it
+/// targets, unpatched.
 ///
-/// The test runs a `hoard-webhook` of its own, registered (with the shipped
-/// policy) for this namespace only. The API server loads a new
-/// configuration asynchronously, so it first shows the registration is
-/// live: a dry-run pod Hoard patches comes back patched, and the test's own
-/// process counts a patched review. Then the process is stopped (SIGTERM,
-/// awaited), an un-targeted Deployment's pod must still be created, and the
-/// API server must report that it called the webhook for it and failed open
-/// (its `apiserver_admission_webhook_fail_open_count` for the webhook).
+/// The test's namespace opts out of the shared webhook
+/// (`hoard.dev/webhook: disabled`, awaited: a dry-run pod with the
+/// auto-backup annotation comes back unpatched) and gets a `hoard-webhook`
+/// of its own, registered with the shipped policy for this namespace only.
+/// The API server loads a new configuration asynchronously, so the test
+/// first shows it is live: the dry-run pod comes back patched and the
+/// test's process counts a patched review. Then the process is stopped
+/// (SIGTERM, exit awaited); an un-targeted Deployment's pod and an
+/// auto-backup Deployment's pod must still be created, the latter without
+/// Hoard's host, and the API server must report that it called the webhook
+/// for both and failed open (`apiserver_admission_webhook_fail_open_count`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_are_created_while_the_webhook_is_down() {
     e2e::run("webhook-down", |t| async move {
         use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+        use k8s_openapi::api::core::v1::Namespace;
+        use kube::api::{Patch, PatchParams};
         let shipped = workloads::shipped_webhook()?;
         ensure!(
             shipped["failurePolicy"] == "Ignore",
@@ -898,6 +904,12 @@ async fn pods_are_created_while_the_webhook_is_down() {
              block every pod",
             shipped["failurePolicy"]
         );
+        let opt_out = json!({ "metadata": { "labels": {
+            api::keys::LABEL_WEBHOOK: api::keys::WEBHOOK_DISABLED,
+        } } });
+        Api::<Namespace>::all(t.client.clone())
+            .patch(&t.ns, &PatchParams::default(), &Patch::Merge(&opt_out))
+            .await?;
         let mut own = t.env.start_own_webhook(&t.ns).await?;
         let hook = format!("{}.down.hoard.dev", t.ns);
         let name = format!("hoard-e2e-down-{}", t.ns);
@@ -912,22 +924,44 @@ async fn pods_are_created_while_the_webhook_is_down() {
                 &shipped,
             )?)?;
         let whs = Api::<MutatingWebhookConfiguration>::all(t.client.clone());
-        whs.create(&pp(), &cfg).await?;
         let outcome = async {
-            await_own_webhook_live(&t, &own).await?;
+            await_probe(
+                &t,
+                &own,
+                "the shared webhook to leave the namespace alone",
+                |host, _| host.is_none(),
+            )
+            .await?;
+            whs.create(&pp(), &cfg).await?;
+            await_probe(
+                &t,
+                &own,
+                "the API server to call the test's webhook",
+                |host, n| host == Some("host-0") && n > 0,
+            )
+            .await?;
             own.stop().await?;
             let before = fail_open_count(&t, &hook).await?;
-            t.api::<Deployment>()
-                .create(&pp(), &workloads::deployment(&t, "plain", 1, json!({}))?)
-                .await?;
-            let pods = running_pods(&t, "plain", 1).await?;
-            ensure!(host_of(&pods[0]).is_none(), "an un-targeted pod got a host");
+            let backup = json!({ api::keys::ANNOTATION_BACKUP: "true" });
+            for (app, annotations) in [("plain", json!({})), ("targeted", backup)] {
+                t.api::<Deployment>()
+                    .create(&pp(), &workloads::deployment(&t, app, 1, annotations)?)
+                    .await?;
+            }
+            for app in ["plain", "targeted"] {
+                let pods = running_pods(&t, app, 1).await?;
+                ensure!(
+                    host_of(&pods[0]).is_none(),
+                    "pod {} of {app} got a host with the webhook stopped",
+                    pods[0].name_any()
+                );
+            }
             let after = fail_open_count(&t, &hook).await?;
             ensure!(
-                after > before,
-                "the pod was created, but the API server did not report failing open on \
-                 webhook {hook} ({before} -> {after} in apiserver_admission_webhook_fail_open_count): \
-                 was it called at all?"
+                after >= before + 2.0,
+                "the pods were created, but the API server did not report failing open on \
+                 webhook {hook} for both ({before} -> {after} in \
+                 apiserver_admission_webhook_fail_open_count): was it called at all?"
             );
             Ok(())
         }
@@ -939,11 +973,15 @@ async fn pods_are_created_while_the_webhook_is_down() {
     .await;
 }
 
-/// Waits (bounded) until the API server calls the test's own webhook: a
-/// dry-run pod with the auto-backup annotation comes back with its host,
-/// and that process counts a patched review (the shared webhook, which
-/// also serves this namespace, could have patched the pod alone).
-async fn await_own_webhook_live(t: &TestCtx, own: &e2e::env::OwnWebhook) -> anyhow::Result<()> {
+/// Waits (bounded) until a dry-run pod with the auto-backup annotation
+/// comes back the way `ok` wants, given its Hoard host and the number of
+/// reviews the test's own webhook patched.
+async fn await_probe(
+    t: &TestCtx,
+    own: &e2e::env::OwnWebhook,
+    what: &str,
+    ok: impl Fn(Option<&str>, u64) -> bool,
+) -> anyhow::Result<()> {
     let limit = Duration::from_secs(30);
     let start = std::time::Instant::now();
     let dry = PostParams {
@@ -957,7 +995,7 @@ async fn await_own_webhook_live(t: &TestCtx, own: &e2e::env::OwnWebhook) -> anyh
         let last = match t.api::<Pod>().create(&dry, &probe).await {
             Ok(pod) => {
                 let patched = own.reviews("patched-backup").await?;
-                if host_of(&pod) == Some("host-0") && patched > 0 {
+                if ok(host_of(&pod), patched) {
                     return Ok(());
                 }
                 format!(
@@ -969,7 +1007,7 @@ async fn await_own_webhook_live(t: &TestCtx, own: &e2e::env::OwnWebhook) -> anyh
         };
         ensure!(
             start.elapsed() < limit,
-            "the API server did not call the test's webhook ({}) within {limit:?}; {last}",
+            "waited {limit:?} for {what} ({}); {last}",
             own.url
         );
     }

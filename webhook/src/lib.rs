@@ -13,6 +13,8 @@
 //! * [`admin`] serves `/live`, `/ready` and `/metrics` ([`metrics`]) on a
 //!   plain-HTTP port;
 //! * [`workload`] resolves a pod's owner and backup host name;
+//! * [`resources`] checks a session's resources for the init-container
+//!   the way pod validation will;
 //! * [`controllers`] turn `BackupConfiguration`s into `BackupSession`s on
 //!   their schedules and roll the agents' per-host results up;
 //! * [`args`] wires it together for the `hoard-webhook` binary;
@@ -25,6 +27,7 @@ pub mod controllers;
 pub mod events;
 pub mod metrics;
 pub mod mutate;
+pub mod resources;
 pub mod review;
 pub mod server;
 pub mod state;

@@ -202,15 +202,28 @@ fn decide(
     if restore.is_none() && !backed_up {
         return skip(with_warnings(resp, warnings));
     }
-    let restore = restore.filter(|_| {
-        let already = has_init_container(pod, keys::RESTORE_WAIT_CONTAINER);
-        if already {
+    let restore = restore.filter(|r| {
+        // Container names are unique across containers and init-containers.
+        if has_container(pod, keys::RESTORE_WAIT_CONTAINER) {
             warnings.push(format!(
-                "hoard: the pod already has an init-container named {}; no restore was injected",
+                "hoard: the pod already has a container named {}; no restore was injected",
                 keys::RESTORE_WAIT_CONTAINER
             ));
+            return false;
         }
-        !already
+        // The API server refuses the Linux security settings restore-wait
+        // runs with (capabilities, seccompProfile, runAsUser, ...) on a
+        // Windows pod: injecting it would make the pod invalid.
+        if is_windows(pod) {
+            warnings.push(format!(
+                "hoard: RestoreSession {} cannot hold a pod with spec.os.name: windows \
+                 (restore-wait runs with Linux security settings the API server forbids \
+                 there); the pod starts without waiting for its restore",
+                r.name
+            ));
+            return false;
+        }
+        true
     });
 
     let mut patch = PatchBuilder::default();
@@ -280,11 +293,30 @@ fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-fn has_init_container(pod: &Pod, name: &str) -> bool {
+/// Whether any container, init-container or ephemeral container of the pod
+/// is named `name`.
+fn has_container(pod: &Pod, name: &str) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    spec.containers.iter().any(|c| c.name == name)
+        || spec
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == name)
+        || spec
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == name)
+}
+
+fn is_windows(pod: &Pod) -> bool {
     pod.spec
         .as_ref()
-        .and_then(|s| s.init_containers.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.name == name))
+        .and_then(|s| s.os.as_ref())
+        .is_some_and(|os| os.name == "windows")
 }
 
 fn pod_volume_names(pod: &Pod) -> impl Iterator<Item = &str> {
@@ -380,13 +412,19 @@ impl PatchBuilder {
     }
 }
 
+/// A user or group id the API server accepts (0..=2147483647) other than
+/// root.
+fn usable_id(id: i64) -> bool {
+    (1..=i64::from(i32::MAX)).contains(&id)
+}
+
 /// Restricted-profile security context for the init-container; a session
 /// may choose the user/group ids (never root).
 fn restricted_security_context(r: &RestoreSummary) -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),
-        run_as_user: Some(r.run_as_user.filter(|u| *u > 0).unwrap_or(65532)),
-        run_as_group: Some(r.run_as_group.filter(|g| *g > 0).unwrap_or(65532)),
+        run_as_user: Some(r.run_as_user.filter(|u| usable_id(*u)).unwrap_or(65532)),
+        run_as_group: Some(r.run_as_group.filter(|g| usable_id(*g)).unwrap_or(65532)),
         allow_privilege_escalation: Some(false),
         privileged: Some(false),
         read_only_root_filesystem: Some(true),
@@ -446,7 +484,14 @@ pub fn restore_wait_container(
             "--deadline-seconds".to_owned(),
             deadline.to_string(),
         ]),
-        resources: Some(r.resources.clone().unwrap_or_else(default_resources)),
+        // What pod validation would refuse falls back to the defaults
+        // (add_restore_wait warns about it).
+        resources: Some(
+            r.resources
+                .clone()
+                .filter(|res| crate::resources::problems(res).is_empty())
+                .unwrap_or_else(default_resources),
+        ),
         security_context: Some(restricted_security_context(r)),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         volume_mounts: Some(volume_mounts),
@@ -470,10 +515,45 @@ fn add_restore_wait(
         ));
         return;
     }
+    if let Some(res) = &r.resources {
+        let problems = crate::resources::problems(res);
+        if !problems.is_empty() {
+            warnings.push(format!(
+                "hoard: RestoreSession {}'s runtimeSettings.container.resources would make \
+                 the pod invalid ({}); {} uses its default resources",
+                r.name,
+                problems.join("; "),
+                keys::RESTORE_WAIT_CONTAINER
+            ));
+        }
+    }
+    for (field, id) in [("runAsUser", r.run_as_user), ("runAsGroup", r.run_as_group)] {
+        if let Some(id) = id.filter(|id| *id > i64::from(i32::MAX)) {
+            warnings.push(format!(
+                "hoard: RestoreSession {}'s runtimeSettings.container.securityContext.{field} \
+                 {id} is above 2147483647, which the API server refuses; {} runs as 65532",
+                r.name,
+                keys::RESTORE_WAIT_CONTAINER
+            ));
+        }
+    }
     let known: Vec<_> = pod_volume_names(pod).collect();
-    let mut mounts = Vec::new();
+    let mut mounts: Vec<VolumeMount> = Vec::new();
     for m in &r.volume_mounts {
-        if !known.contains(&m.name.as_str()) {
+        if m.mount_path.is_empty() {
+            warnings.push(format!(
+                "hoard: RestoreSession {} mounts {:?} at an empty path; \
+                 that volume is not mounted in the init-container",
+                r.name, m.name
+            ));
+        } else if let Some(first) = mounts.iter().find(|o| o.mount_path == m.mount_path) {
+            // A container's mount paths are unique.
+            warnings.push(format!(
+                "hoard: RestoreSession {} mounts {:?} at {}, where {:?} is already mounted; \
+                 only the first is mounted in the init-container",
+                r.name, m.name, m.mount_path, first.name
+            ));
+        } else if !known.contains(&m.name.as_str()) {
             warnings.push(format!(
                 "hoard: RestoreSession {} restores volume {:?}, which this pod does not have",
                 r.name, m.name
@@ -498,9 +578,24 @@ fn add_restore_wait(
             });
         }
     }
-    let container = restore_wait_container(r, mounts, cfg);
-    let container = serde_json::to_value(container).unwrap_or(Value::Null);
     let spec = pod.spec.as_ref();
+    let mut container = restore_wait_container(r, mounts, cfg);
+    // With pod-level resources the API server wants every container's
+    // limits within the pod's and their requests to add up within it: the
+    // defaults could break a small pod's budget, while a container without
+    // resources simply runs within it. A session's own (valid) resources
+    // are the user's choice and kept.
+    let session_resources = r
+        .resources
+        .as_ref()
+        .is_some_and(|res| crate::resources::problems(res).is_empty());
+    let pod_level = spec
+        .and_then(|s| s.resources.as_ref())
+        .is_some_and(|res| res.limits.is_some() || res.requests.is_some());
+    if pod_level && !session_resources {
+        container.resources = None;
+    }
+    let container = serde_json::to_value(container).unwrap_or(Value::Null);
     if spec.and_then(|s| s.init_containers.as_ref()).is_some() {
         // Index 0: before the application's own init-containers, which may
         // read the restored data.

@@ -655,3 +655,206 @@ async fn malformed_annotations_become_one_event_on_the_workload_but_not_for_a_dr
     assert!(server.events.try_recv().is_err(), "no event for either");
     server.stop().await;
 }
+
+fn warnings_of(a: &Answered) -> Vec<String> {
+    serde_json::from_value(a.response["warnings"].clone()).unwrap_or_default()
+}
+
+fn init_containers(a: &Answered) -> Vec<Container> {
+    a.pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .clone()
+        .unwrap_or_default()
+}
+
+/// The API server applies the patch, defaults and then validates the pod:
+/// session resources it would refuse (a quantity it cannot decode, a
+/// negative one, a request above its limit, claims the pod does not
+/// declare, resources restore-wait has no use for) would make every pod of
+/// the workload fail to be created, whatever the failurePolicy. The
+/// init-container falls back to its defaults and the user is warned.
+#[tokio::test]
+async fn session_resources_the_api_server_would_refuse_fall_back_to_the_defaults() {
+    let defaults = expected_init_container(json!([])).resources.unwrap();
+    for (resources, why) in [
+        (
+            json!({"requests": {"memory": "512Mi"}, "limits": {"memory": "256Mi"}}),
+            "memory",
+        ),
+        (json!({"limits": {"memory": "lots"}}), "lots"),
+        (json!({"requests": {"cpu": "-100m"}}), "-100m"),
+        (json!({"claims": [{"name": "gpu"}]}), "claims"),
+        (json!({"limits": {"nvidia.com/gpu": "1"}}), "nvidia.com/gpu"),
+        (
+            json!({"requests": {"cpu": "1.5"}, "limits": {"cpu": "1500m", "memory": "1e3"},
+                   "claims": []}),
+            "",
+        ),
+    ] {
+        let state = State::new();
+        let mut r = restore("r", WorkloadKind::StatefulSet, "web", &[("data", "/d")]);
+        r.resources = Some(serde_json::from_value(resources.clone()).unwrap());
+        state.apply_restore("demo", r);
+        let server = TestServer::start(state).await;
+        let a = send(&server, &fixture("pod-create-statefulset-web-0.json")).await;
+        let c = &init_containers(&a)[0];
+        let warnings = warnings_of(&a);
+        if why.is_empty() {
+            // valid: kept as written, no warning
+            assert_eq!(
+                serde_json::to_value(c.resources.as_ref().unwrap()).unwrap(),
+                resources,
+                "{resources}"
+            );
+            assert!(warnings.is_empty(), "{resources}: {warnings:?}");
+        } else {
+            assert_eq!(c.resources.as_ref(), Some(&defaults), "{resources}");
+            assert_eq!(warnings.len(), 1, "{resources}: {warnings:?}");
+            assert!(
+                warnings[0].contains("runtimeSettings.container.resources")
+                    && warnings[0].contains(why),
+                "{resources}: {warnings:?}"
+            );
+        }
+        server.stop().await;
+    }
+}
+
+/// The API server forbids the Linux security settings restore-wait runs
+/// with (capabilities, seccompProfile, runAsUser, ...) on a pod with
+/// `spec.os.name: windows`: injecting it would make the pod invalid. Such a
+/// pod keeps its identity, is not held, and the user is told why.
+#[tokio::test]
+async fn a_windows_pod_is_not_held_since_the_api_server_would_refuse_it() {
+    let state = State::new();
+    state.apply_backup("demo", backup("b", WorkloadKind::StatefulSet, "web"));
+    state.apply_restore(
+        "demo",
+        restore("r", WorkloadKind::StatefulSet, "web", &[("data", "/d")]),
+    );
+    let server = TestServer::start(state).await;
+    let mut review = fixture("pod-create-statefulset-web-0.json");
+    review["request"]["object"]["spec"]["os"] = json!({"name": "windows"});
+    let a = send(&server, &review).await;
+    assert!(init_containers(&a).is_empty(), "{:?}", init_containers(&a));
+    assert_eq!(labels(&a.pod)["hoard.dev/host"], "host-0");
+    assert!(!annotations(&a.pod).contains_key("hoard.dev/restore-session"));
+    let warnings = warnings_of(&a);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("windows"), "{warnings:?}");
+    server.stop().await;
+}
+
+/// Container names are unique across a pod's containers and
+/// init-containers: an application container already named
+/// `hoard-restore-wait` makes the injection a duplicate the API server
+/// refuses.
+#[tokio::test]
+async fn an_app_container_named_like_the_init_container_is_not_duplicated() {
+    let state = State::new();
+    state.apply_restore(
+        "demo",
+        restore("r", WorkloadKind::StatefulSet, "web", &[("data", "/d")]),
+    );
+    let server = TestServer::start(state).await;
+    let mut review = fixture("pod-create-statefulset-web-0.json");
+    review["request"]["object"]["spec"]["containers"][0]["name"] = json!("hoard-restore-wait");
+    let a = send(&server, &review).await;
+    assert!(init_containers(&a).is_empty());
+    let warnings = warnings_of(&a);
+    assert!(
+        warnings.iter().any(|w| w.contains("hoard-restore-wait")),
+        "{warnings:?}"
+    );
+    server.stop().await;
+}
+
+/// A container's mount paths must be unique and not empty: a session that
+/// mounts two volumes at one path (or one at "") must not make the pod
+/// invalid; the first mount at a path wins and the rest are reported.
+#[tokio::test]
+async fn session_mounts_the_api_server_would_refuse_are_left_out() {
+    let state = State::new();
+    state.apply_restore(
+        "demo",
+        restore(
+            "r",
+            WorkloadKind::StatefulSet,
+            "web",
+            &[("data", "/d"), ("data", "/d"), ("data", "")],
+        ),
+    );
+    let server = TestServer::start(state).await;
+    let a = send(&server, &fixture("pod-create-statefulset-web-0.json")).await;
+    let c = &init_containers(&a)[0];
+    let paths: Vec<&str> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert_eq!(paths, ["/hoard/status", "/d"]);
+    let warnings = warnings_of(&a);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    server.stop().await;
+}
+
+/// User and group ids are validated as 0..=2147483647 by the API server
+/// (the CRD's int64 lets larger ones through): such a session's ids would
+/// make the pod invalid, so restore-wait keeps its own ids and the user is
+/// warned.
+#[tokio::test]
+async fn session_user_ids_the_api_server_would_refuse_are_not_used() {
+    let state = State::new();
+    let mut r = restore("r", WorkloadKind::StatefulSet, "web", &[("data", "/d")]);
+    r.run_as_user = Some(4_294_967_295);
+    r.run_as_group = Some(2_147_483_648);
+    state.apply_restore("demo", r);
+    let server = TestServer::start(state).await;
+    let a = send(&server, &fixture("pod-create-statefulset-web-0.json")).await;
+    let sc = init_containers(&a)[0].security_context.clone().unwrap();
+    assert_eq!(
+        (sc.run_as_user, sc.run_as_group),
+        (Some(65532), Some(65532))
+    );
+    let warnings = warnings_of(&a);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("runAsUser 4294967295"), "{warnings:?}");
+    assert!(
+        warnings[1].contains("runAsGroup 2147483648"),
+        "{warnings:?}"
+    );
+    server.stop().await;
+}
+
+/// With pod-level resources (`spec.resources`), the API server requires
+/// every container's limits to fit within the pod's and the containers'
+/// requests to add up within the pod's: the init-container's default
+/// resources could break a small pod's budget. It then gets none and runs
+/// within the pod's budget, as containers without resources do.
+#[tokio::test]
+async fn a_pod_with_pod_level_resources_gets_an_init_container_within_its_budget() {
+    let state = State::new();
+    state.apply_restore(
+        "demo",
+        restore("r", WorkloadKind::StatefulSet, "web", &[("data", "/d")]),
+    );
+    let server = TestServer::start(state).await;
+    let mut review = fixture("pod-create-statefulset-web-0.json");
+    review["request"]["object"]["spec"]["resources"] = json!({"requests": {"cpu": "5m", "memory": "8Mi"}, "limits": {"cpu": "50m", "memory": "8Mi"}});
+    let a = send(&server, &review).await;
+    let c = &init_containers(&a)[0];
+    assert_eq!(c.name, "hoard-restore-wait");
+    assert!(
+        c.resources
+            .as_ref()
+            .is_none_or(|r| r.limits.is_none() && r.requests.is_none()),
+        "{:?}",
+        c.resources
+    );
+    assert!(warnings_of(&a).is_empty(), "{:?}", warnings_of(&a));
+    server.stop().await;
+}
