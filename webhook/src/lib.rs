@@ -25,6 +25,7 @@ pub mod controllers;
 pub mod events;
 pub mod metrics;
 pub mod mutate;
+pub mod request;
 pub mod review;
 pub mod server;
 pub mod state;
