@@ -27,6 +27,7 @@ pub mod controllers;
 pub mod events;
 pub mod metrics;
 pub mod mutate;
+pub mod request;
 pub mod resources;
 pub mod review;
 pub mod server;

@@ -23,10 +23,12 @@ use k8s_openapi::api::core::v1::{
     SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::TypeMeta;
+use kube::core::admission::{AdmissionResponse, Operation};
 use serde_json::Value;
 
 use crate::events::Problem;
+use crate::request::PodRequest;
 use crate::state::{RestoreSummary, State};
 use crate::workload::{self, Owner};
 use api::keys;
@@ -91,7 +93,7 @@ pub struct Mutation {
 
 /// Decides what a pod gets. Pure: reads `state`, calls nothing; the
 /// returned [`Mutation::event`] is for the caller to record.
-pub fn mutate(req: &AdmissionRequest<Pod>, state: &State, cfg: &InjectConfig) -> Mutation {
+pub fn mutate(req: &PodRequest<'_>, state: &State, cfg: &InjectConfig) -> Mutation {
     let mut event = None;
     let mut m = decide(req, state, cfg, &mut event);
     // Dry runs have no side effects (`sideEffects: None`): no event.
@@ -102,12 +104,12 @@ pub fn mutate(req: &AdmissionRequest<Pod>, state: &State, cfg: &InjectConfig) ->
 }
 
 fn decide(
-    req: &AdmissionRequest<Pod>,
+    req: &PodRequest<'_>,
     state: &State,
     cfg: &InjectConfig,
     event: &mut Option<Problem>,
 ) -> Mutation {
-    let resp = AdmissionResponse::from(req);
+    let resp = allowed(req);
     let skip = |resp: AdmissionResponse| Mutation {
         response: resp,
         outcome: Outcome::Skipped,
@@ -272,6 +274,19 @@ fn decide(
         outcome,
         event: None,
     }
+}
+
+/// An allowed answer to `req` with nothing in it yet.
+fn allowed(req: &PodRequest<'_>) -> AdmissionResponse {
+    let mut resp = AdmissionResponse::invalid("");
+    resp.types = TypeMeta {
+        api_version: req.api_version.as_ref().to_owned(),
+        kind: "AdmissionReview".to_owned(),
+    };
+    resp.uid = req.uid.as_ref().to_owned();
+    resp.allowed = true;
+    resp.result = kube::core::Status::default();
+    resp
 }
 
 fn with_warnings(mut resp: AdmissionResponse, warnings: Vec<String>) -> AdmissionResponse {

@@ -1,7 +1,7 @@
 //! Decoding an `AdmissionReview` body and encoding the answer.
 //!
-//! Data flow: bytes → typed `AdmissionReview<Pod>` → [`mutate`] → JSON bytes.
-//! When the typed decode fails, the body is read again loosely to recover the
+//! Data flow: bytes → [`request::decode`] (a lean read of only what the
+//! decision needs) → [`mutate`] → JSON bytes. When that decode fails, the body is read again loosely to recover the
 //! request `uid`, so the API server still gets an answer it can match to its
 //! request. Hoard never blocks a pod because of a review it cannot read: an
 //! answer with a uid is `allowed` with a warning that says what was wrong; a
@@ -12,13 +12,13 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 use base64::prelude::BASE64_STANDARD;
-use k8s_openapi::api::core::v1::Pod;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::admission::AdmissionResponse;
 use kube::core::{Status, TypeMeta};
 use serde::{Deserialize, Serialize};
 
 use crate::events::Problem;
 use crate::mutate::{InjectConfig, Mutation, Outcome, mutate};
+use crate::request::{self, API_VERSIONS};
 use crate::state::State;
 
 /// An encoded answer.
@@ -31,32 +31,21 @@ pub struct Answer {
     pub event: Option<Problem>,
 }
 
-const API_VERSIONS: [&str; 2] = ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"];
-
 /// Answers one review body.
 pub fn answer(body: &[u8], state: &State, cfg: &InjectConfig) -> Answer {
-    match serde_json::from_slice::<AdmissionReview<Pod>>(body) {
-        Ok(review)
-            if API_VERSIONS.contains(&review.types.api_version.as_str())
-                && review.types.kind == "AdmissionReview" =>
-        {
-            let req: Result<AdmissionRequest<Pod>, _> = review.try_into();
-            match req {
-                Ok(req) if !req.uid.is_empty() => {
-                    let Mutation {
-                        response,
-                        outcome,
-                        event,
-                    } = mutate(&req, state, cfg);
-                    Answer {
-                        event,
-                        ..encode(response, outcome)
-                    }
-                }
-                _ => loose(body),
+    match request::decode(body) {
+        Some(req) => {
+            let Mutation {
+                response,
+                outcome,
+                event,
+            } = mutate(&req, state, cfg);
+            Answer {
+                event,
+                ..encode(response, outcome)
             }
         }
-        _ => loose(body),
+        None => loose(body),
     }
 }
 

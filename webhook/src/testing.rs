@@ -89,8 +89,9 @@ pub fn populate(state: &State, n: usize) {
 
 /// Checks what every answer must be: a JSON `AdmissionReview` with a
 /// response; a denial carries no patch; a patch is a JSON patch that applies
-/// to the request's object and leaves a valid Pod whose Hoard host label is
-/// a valid label value and whose restore init-container, if any, is first.
+/// to the request's object, leaves a valid Pod valid, leaves a Hoard host
+/// label that is a valid label value, and puts the restore init-container,
+/// if any, first.
 pub fn check_answer(request: &[u8], answer: &[u8]) -> Result<(), String> {
     let review: Value =
         serde_json::from_slice(answer).map_err(|e| format!("answer is not JSON: {e}"))?;
@@ -119,28 +120,28 @@ pub fn check_answer(request: &[u8], answer: &[u8]) -> Result<(), String> {
         return Err("patched answer does not echo the uid".into());
     }
     let mut object = request["request"]["object"].clone();
+    // The decoder reads only what the decision needs, so a pod that is not
+    // a valid Pod elsewhere (say, a corrupted timestamp) may still be
+    // patched; the patch itself must never make a valid Pod invalid.
+    let was_pod = serde_json::from_value::<Pod>(object.clone()).is_ok();
     json_patch::patch(&mut object, &patch).map_err(|e| format!("patch does not apply: {e}"))?;
-    let pod: Pod =
-        serde_json::from_value(object).map_err(|e| format!("patched object is not a Pod: {e}"))?;
-    if let Some(h) = pod
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(api::keys::HOST))
-        && !crate::workload::is_label_value(h)
-    {
-        return Err(format!("host label {h:?} is not a valid label value"));
+    if was_pod {
+        serde_json::from_value::<Pod>(object.clone())
+            .map_err(|e| format!("patched object is not a Pod: {e}"))?;
     }
-    let inits = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.init_containers.as_deref())
+    if let Some(h) = object["metadata"]["labels"].get(api::keys::HOST) {
+        match h.as_str() {
+            Some(h) if crate::workload::is_label_value(h) => {}
+            _ => return Err(format!("host label {h} is not a valid label value")),
+        }
+    }
+    let inits = object["spec"]["initContainers"]
+        .as_array()
+        .map(Vec::as_slice)
         .unwrap_or_default();
-    let ours = inits
-        .iter()
-        .filter(|c| c.name == api::keys::RESTORE_WAIT_CONTAINER)
-        .count();
-    if ours > 1 || (ours == 1 && inits[0].name != api::keys::RESTORE_WAIT_CONTAINER) {
+    let ours = |c: &Value| c["name"] == api::keys::RESTORE_WAIT_CONTAINER;
+    let count = inits.iter().filter(|c| ours(c)).count();
+    if count > 1 || (count == 1 && !ours(&inits[0])) {
         return Err("restore-wait is duplicated or not first".into());
     }
     Ok(())
