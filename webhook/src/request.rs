@@ -29,13 +29,14 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
 
-use k8s_openapi::api::core::v1::{Affinity, Container, Pod, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, EphemeralContainer, Pod, PodOS, PodSpec, ResourceRequirements, Volume,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::core::admission::Operation;
 use serde::Deserialize;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::IgnoredAny;
 
 /// A pod review, as the decision reads it.
 #[derive(Debug)]
@@ -163,9 +164,14 @@ struct MetaIn {
 struct SpecIn {
     volumes: Option<Vec<Named>>,
     init_containers: Option<Vec<Named>>,
-    /// Never read, but a pod spec without a list of containers is not one.
-    #[serde(rename = "containers")]
-    _containers: Option<Vec<AnyObject>>,
+    /// Names only: the init-container's name must be unique in the pod
+    /// (and a pod spec without a list of containers is not one).
+    containers: Option<Vec<Named>>,
+    ephemeral_containers: Option<Vec<Named>>,
+    /// `windows` forbids the init-container's Linux security fields.
+    os: Option<PodOS>,
+    /// Pod-level resources bound the init-container's own.
+    resources: Option<ResourceRequirements>,
     node_name: Option<String>,
     /// Where a DaemonSet pod is pinned to its node at CREATE time.
     affinity: Option<Affinity>,
@@ -177,46 +183,26 @@ struct Named {
     name: Option<String>,
 }
 
-/// Any JSON object, skipped.
-struct AnyObject;
-
-impl<'de> Deserialize<'de> for AnyObject {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = AnyObject;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnyObject, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(AnyObject)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
 impl PodIn<'_> {
     /// The typed pod, or `None` when the object says it is something else
-    /// (the typed decode refused those too).
+    /// (the typed decode refused those too) or has no metadata.
     fn into_pod(self) -> Option<Pod> {
         if self.api_version.as_deref().is_some_and(|v| v != "v1")
             || self.kind.as_deref().is_some_and(|k| k != "Pod")
         {
             return None;
         }
-        let metadata = match self.metadata {
-            Some(m) => ObjectMeta {
-                name: m.name,
-                generate_name: m.generate_name,
-                namespace: m.namespace,
-                labels: m.labels,
-                annotations: m.annotations,
-                owner_references: m.owner_references,
-                ..ObjectMeta::default()
-            },
-            None => ObjectMeta::default(),
+        // A pod without metadata never comes from an API server, and no
+        // patch could label it (`/metadata` is not there to add to).
+        let m = self.metadata?;
+        let metadata = ObjectMeta {
+            name: m.name,
+            generate_name: m.generate_name,
+            namespace: m.namespace,
+            labels: m.labels,
+            annotations: m.annotations,
+            owner_references: m.owner_references,
+            ..ObjectMeta::default()
         };
         let spec = self.spec.map(|s| PodSpec {
             volumes: s.volumes.map(|v| {
@@ -235,6 +221,25 @@ impl PodIn<'_> {
                     })
                     .collect()
             }),
+            containers: s
+                .containers
+                .unwrap_or_default()
+                .into_iter()
+                .map(|n| Container {
+                    name: n.name.unwrap_or_default(),
+                    ..Container::default()
+                })
+                .collect(),
+            ephemeral_containers: s.ephemeral_containers.map(|c| {
+                c.into_iter()
+                    .map(|n| EphemeralContainer {
+                        name: n.name.unwrap_or_default(),
+                        ..EphemeralContainer::default()
+                    })
+                    .collect()
+            }),
+            os: s.os,
+            resources: s.resources,
             node_name: s.node_name,
             affinity: s.affinity,
             ..PodSpec::default()
@@ -304,6 +309,24 @@ mod tests {
                 names(&ts.init_containers),
                 "{name}"
             );
+            let container_names =
+                |v: &[Container]| v.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+            assert_eq!(
+                container_names(&ls.containers),
+                container_names(&ts.containers),
+                "{name}"
+            );
+            let ephemeral_names = |v: &Option<Vec<EphemeralContainer>>| {
+                v.as_ref()
+                    .map(|v| v.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
+            };
+            assert_eq!(
+                ephemeral_names(&ls.ephemeral_containers),
+                ephemeral_names(&ts.ephemeral_containers),
+                "{name}"
+            );
+            assert_eq!(ls.os, ts.os, "{name}");
+            assert_eq!(ls.resources, ts.resources, "{name}");
             assert_eq!(ls.node_name, ts.node_name, "{name}");
             assert_eq!(ls.affinity, ts.affinity, "{name}");
         }
@@ -339,6 +362,11 @@ mod tests {
                 r#""name":"p","labels":{"a":1}"#,
             ),
             ("empty uid", r#""uid":"u""#, r#""uid":"""#),
+            (
+                "a pod without metadata (a patch could not label it)",
+                r#""metadata":{"name":"p"},"#,
+                "",
+            ),
             ("wrong envelope", "admission.k8s.io/v1", "v1"),
         ] {
             let bad = ok.replacen(from, to, 1);
