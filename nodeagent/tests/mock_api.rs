@@ -1881,6 +1881,19 @@ async fn many_hosts_on_one_node_all_get_their_status_without_conflicts() {
         2 * N,
         "Running and the result once per host: no write was rejected as stale"
     );
+    drop(w);
+    // one repository opened for the hosts in turn: each host's snapshot holds its file
+    let repo = Repository::open(Arc::new(LocalBackend::new(&repo_dir)), PASSWORD).unwrap();
+    let mut hosts: Vec<String> = repo
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(_, s)| s.hostname)
+        .collect();
+    hosts.sort();
+    let mut want: Vec<String> = (0..N).map(|i| format!("host-{i}")).collect();
+    want.sort();
+    assert_eq!(hosts, want);
 }
 
 /// A Recovery of `host-1` while web-1 runs on no node (Pending on node-b):
