@@ -8,7 +8,7 @@
 # BENCH_DIR (/tmp/hoard-agent-bench), BENCH_TRANSFERS (1, the agent's
 # --max-transfers), BENCH_AGENT (an existing bench-agent binary: skips the
 # build), BENCH_AGENT_ENV (environment of the agent runs; default
-# MALLOC_ARENA_MAX=2 as manifests/base/agent.yaml sets it; the engine runs
+# MALLOC_ARENA_MAX=4 as manifests/base/agent.yaml sets it; the engine runs
 # get none, as `hoard backup` would), CARGO_TARGET_DIR. See bench/README.md.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,7 +19,7 @@ RUNS="${BENCH_RUNS:-1}"
 SEED="${BENCH_SEED:-1}"
 DIR="${BENCH_DIR:-/tmp/hoard-agent-bench}"
 TRANSFERS="${BENCH_TRANSFERS:-1}"
-AGENT_ENV="${BENCH_AGENT_ENV-MALLOC_ARENA_MAX=2}"
+AGENT_ENV="${BENCH_AGENT_ENV-MALLOC_ARENA_MAX=4}"
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
