@@ -1050,9 +1050,10 @@ impl Agent {
         .await?
     }
 
-    /// A pod on this node held for a restore: handle its session. A pod
-    /// running: the `Recovery`s of its namespace that waited for a pod.
-    fn on_pod(self: Arc<Self>, p: Pod) {
+    /// What the pod watch does with a pod of this node that was added or
+    /// changed: held for a restore → handle its session; running → handle
+    /// the `Recovery`s of its namespace that waited for a pod.
+    pub fn on_pod(self: Arc<Self>, p: Pod) {
         let ns = p.namespace().unwrap_or_default();
         if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
             let waiting: Vec<String> = self
