@@ -7,7 +7,9 @@
 # Knobs: BENCH_SCALE (1.0 = ~2 GiB), BENCH_RUNS (1), BENCH_SEED (1),
 # BENCH_DIR (/tmp/hoard-agent-bench), BENCH_TRANSFERS (1, the agent's
 # --max-transfers), BENCH_AGENT (an existing bench-agent binary: skips the
-# build), CARGO_TARGET_DIR. See bench/README.md.
+# build), BENCH_AGENT_ENV (environment of the agent runs; default
+# MALLOC_ARENA_MAX=4 as manifests/base/agent.yaml sets it; the engine runs
+# get none, as `hoard backup` would), CARGO_TARGET_DIR. See bench/README.md.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -17,6 +19,7 @@ RUNS="${BENCH_RUNS:-1}"
 SEED="${BENCH_SEED:-1}"
 DIR="${BENCH_DIR:-/tmp/hoard-agent-bench}"
 TRANSFERS="${BENCH_TRANSFERS:-1}"
+AGENT_ENV="${BENCH_AGENT_ENV-MALLOC_ARENA_MAX=4}"
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
@@ -44,7 +47,9 @@ for run in $(seq 1 "$RUNS"); do
     rm -rf "$work"
     log="$DIR/logs/$mode-$run.log"
     echo "bench: run $run/$RUNS: $mode" >&2
-    if ! /usr/bin/time -f '%e %U %S %M' -o "$DIR/time" \
+    if [ "$mode" = agent ]; then menv="$AGENT_ENV"; else menv=""; fi
+    # shellcheck disable=SC2086 # word splitting of NAME=VALUE pairs wanted
+    if ! env $menv /usr/bin/time -f '%e %U %S %M' -o "$DIR/time" \
         "$BENCH_AGENT" "$mode" --data "$DIR/data" --work "$work" \
         $([ "$mode" = agent ] && echo --transfers "$TRANSFERS") \
         > "$DIR/out.json" 2> "$log"; then
@@ -61,7 +66,7 @@ done
 load_after="$(cut -d' ' -f1 /proc/loadavg)"
 took=$(( $(date +%s) - start ))
 
-python3 - "$DIR" "$SCALE" "$SEED" "$RUNS" "$TRANSFERS" "$load_before" "$load_after" "$took" <<'EOF'
+AGENT_ENV="$AGENT_ENV" python3 - "$DIR" "$SCALE" "$SEED" "$RUNS" "$TRANSFERS" "$load_before" "$load_after" "$took" <<'EOF'
 import json, statistics, sys, datetime, os
 d, scale, seed, runs, transfers, lb, la, took = sys.argv[1:]
 rows = [json.loads(l) for l in open(os.path.join(d, "runs.jsonl"))]
@@ -77,7 +82,7 @@ api = [r["api"] for r in rows if r["mode"] == "agent"][-1]
 ok = lambda c: "met" if c else "**not met**"
 out = []
 out.append(f"Dataset: {mib:.0f} MiB, {r0['files']} files in {r0['hosts']} pods' volumes (BENCH_SCALE={scale}, seed {seed}); "
-           f"{runs} run(s) alternating, median shown; agent --max-transfers {transfers}.")
+           f"{runs} run(s) alternating, median shown; agent --max-transfers {transfers}, environment {os.environ.get('AGENT_ENV') or 'none'}.")
 out.append(f"Machine: {os.cpu_count()} CPUs; load average {lb} before, {la} after; took {took}s; "
            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.")
 out.append("")

@@ -108,6 +108,33 @@ pub struct Agent {
     waiting_recoveries: Mutex<HashSet<(String, String)>>,
 }
 
+/// The repository as the previous host of the same session on this node
+/// opened it: the next host reuses it (its index re-read, as other nodes
+/// may have written since) instead of deriving the key again — with the
+/// real KDF parameters that was most of the agent's CPU overhead over the
+/// engine alone for 20 small hosts (bench/agent.sh). Dropped with the last
+/// host of the session started together.
+#[derive(Clone, Default)]
+pub struct SharedRepo(Arc<Mutex<Option<Arc<engine::Repository>>>>);
+
+impl SharedRepo {
+    /// Blocking (key derivation, index load): call it on a transfer thread.
+    pub fn open(&self, access: &RepoAccess) -> Result<Arc<engine::Repository>, RepoError> {
+        let cached = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Reused only when no other transfer holds it (the index must not
+        // be reloaded under a running backup: --max-transfers > 1).
+        if let Some(repo) = cached.filter(|r| Arc::strong_count(r) == 2) {
+            match repo.reload_index() {
+                Ok(()) => return Ok(repo),
+                Err(e) => tracing::debug!(error = %e, "re-reading the index; opening again"),
+            }
+        }
+        let repo = access.open()?;
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(repo.clone());
+        Ok(repo)
+    }
+}
+
 /// The session's `nice`/`ionice`.
 pub fn priority_of(rs: Option<&api::RuntimeSettings>) -> Priority {
     let c = rs.and_then(|r| r.container.as_ref());
@@ -475,6 +502,8 @@ impl Agent {
                 inv.name
             )))?;
         let stats = serde_json::to_value(&bs).unwrap_or_default();
+        // the hosts started here back up one after another into one repository
+        let shared = SharedRepo::default();
         for target in cfg.spec.all_targets() {
             let kind = target_kind(&target.target_ref)?;
             let pods = self.pods_for(&ns, kind).await?;
@@ -500,13 +529,16 @@ impl Agent {
                 }
                 let agent = self.clone();
                 let (bs, cfg, target) = (bs.clone(), cfg.clone(), target.clone());
+                let shared = shared.clone();
                 tokio::spawn(async move {
                     if prior.as_deref() == Some("Running") {
                         agent
                             .fail_stale_backup(&bs, &host, &target.target_ref)
                             .await;
                     } else {
-                        agent.backup_host(&bs, &cfg, &target, &host, &pod).await;
+                        agent
+                            .backup_host(&bs, &cfg, &target, &host, &pod, &shared)
+                            .await;
                     }
                     agent.release(&uid, &claim);
                 });
@@ -551,6 +583,7 @@ impl Agent {
         target: &api::BackupTarget,
         host: &str,
         pod: &Pod,
+        shared: &SharedRepo,
     ) {
         let ns = bs.namespace().unwrap_or_default();
         let name = bs.name_any();
@@ -598,6 +631,7 @@ impl Agent {
                 bs,
                 &tref,
                 cancel.clone(),
+                shared,
             )
             .await;
         self.pod_transfer_done(pod, &uid, host);
@@ -685,6 +719,7 @@ impl Agent {
         bs: &BackupSession,
         tref: &TargetRef,
         cancel: CancelToken,
+        shared: &SharedRepo,
     ) -> Result<crate::work::HostBackupReport, HostFailure> {
         let name = bs.name_any();
         let access = self.repo_access(ns, &cfg.spec.repository.name).await?;
@@ -711,8 +746,9 @@ impl Agent {
             .set(priority.ionice_class.unwrap_or(0).into());
         let kubelet = self.kubelet.clone();
         let (pod2, host2, progress2) = (pod.clone(), host.to_string(), progress.clone());
+        let shared = shared.clone();
         let transfer = self.transfers.run("hoard-backup", priority, move || {
-            let repo = access.open()?;
+            let repo = shared.open(&access)?;
             let mut vols = Vec::new();
             for (vol, path) in mounts {
                 let dir = kubelet.open_volume(&pod2, &vol, false, &|c| pvs.get(c).cloned())?;
@@ -1014,9 +1050,10 @@ impl Agent {
         .await?
     }
 
-    /// A pod on this node held for a restore: handle its session. A pod
-    /// running: the `Recovery`s of its namespace that waited for a pod.
-    fn on_pod(self: Arc<Self>, p: Pod) {
+    /// What the pod watch does with a pod of this node that was added or
+    /// changed: held for a restore → handle its session; running → handle
+    /// the `Recovery`s of its namespace that waited for a pod.
+    pub fn on_pod(self: Arc<Self>, p: Pod) {
         let ns = p.namespace().unwrap_or_default();
         if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
             let waiting: Vec<String> = self

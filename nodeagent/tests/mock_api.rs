@@ -1881,6 +1881,19 @@ async fn many_hosts_on_one_node_all_get_their_status_without_conflicts() {
         2 * N,
         "Running and the result once per host: no write was rejected as stale"
     );
+    drop(w);
+    // one repository opened for the hosts in turn: each host's snapshot holds its file
+    let repo = Repository::open(Arc::new(LocalBackend::new(&repo_dir)), PASSWORD).unwrap();
+    let mut hosts: Vec<String> = repo
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(_, s)| s.hostname)
+        .collect();
+    hosts.sort();
+    let mut want: Vec<String> = (0..N).map(|i| format!("host-{i}")).collect();
+    want.sort();
+    assert_eq!(hosts, want);
 }
 
 /// A Recovery of `host-1` while web-1 runs on no node (Pending on node-b):
@@ -2120,4 +2133,95 @@ async fn retention_survives_an_agent_restart_and_runs_once() {
     assert_eq!(writes, 2, "the claim (Running) and the outcome, once");
     let repo = Repository::open(Arc::new(LocalBackend::new(&repo_dir)), PASSWORD).unwrap();
     assert_eq!(repo.snapshots().unwrap().len(), 1);
+}
+
+/// The Recovery that waited for web-1 starts when web-1 runs on this node:
+/// the pod watch's event makes the agent read the Recovery again, find the
+/// host its own and start it (status Running), with no change to the
+/// Recovery itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_recovery_starts_when_its_pod_runs_here() {
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        Kubelet::new("/nonexistent"),
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let recovery = json!({
+        "apiVersion": "hoard.dev/v1alpha1", "kind": "Recovery",
+        "metadata": {"name": "rec-1", "namespace": "demo", "uid": "rec-uid", "resourceVersion": "7"},
+        "spec": {
+            "restic": "ss-backup",
+            "workload": {"kind": "StatefulSet", "name": "web"},
+            "podOrdinal": 1,
+            "volumes": [{"name": "data", "hostPath": {"path": "/var/lib/hoard/recovery/web-1"}}]
+        },
+        "status": {"phase": "Pending", "message": WAITING}
+    });
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let web1 = |phase: &str, node: &str| {
+        let mut p = pod("web-1", "uid-1", node);
+        p["status"]["phase"] = json!(phase);
+        p
+    };
+    let (rec0, is_running) = (recovery.clone(), running.clone());
+    // Pending on node-b at first; then re-created, Running on node-a
+    let (pending, up) = (web1("Pending", "node-b"), web1("Running", "node-a"));
+    let server = tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let (method, path) = (req.method().clone(), req.uri().path().to_string());
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            let pods = if is_running.load(std::sync::atomic::Ordering::SeqCst) {
+                up.clone()
+            } else {
+                pending.clone()
+            };
+            match (method, path.as_str()) {
+                (Method::GET, "/api/v1/namespaces/demo/pods") => respond(
+                    send,
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pods]}),
+                ),
+                (Method::GET, "/apis/hoard.dev/v1alpha1/namespaces/demo/recoveries/rec-1") => {
+                    respond(send, StatusCode::OK, rec0.clone())
+                }
+                (
+                    Method::PATCH,
+                    "/apis/hoard.dev/v1alpha1/namespaces/demo/recoveries/rec-1/status",
+                ) => {
+                    let patch: Value = serde_json::from_slice(&body).unwrap();
+                    return patch;
+                }
+                (m, p) => panic!("unexpected request {m} {p}"),
+            }
+        }
+        panic!("the agent stopped without starting the recovery");
+    });
+    // web-1 is Pending: the Recovery waits (its message is already there)
+    let rec: api::Recovery = serde_json::from_value(recovery).unwrap();
+    agent.handle_recovery(rec).await.unwrap();
+    // then the pod watch reports web-1 Running on node-a
+    running.store(true, std::sync::atomic::Ordering::SeqCst);
+    agent
+        .clone()
+        .on_pod(serde_json::from_value(web1("Running", "node-a")).unwrap());
+    let patch = tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("the recovery started")
+        .unwrap();
+    assert_eq!(patch["status"]["phase"], "Running", "{patch}");
+    assert!(
+        patch["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("restoring host-1's data on node node-a"),
+        "{patch}"
+    );
 }
