@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 
 use crate::blob::BlobType;
@@ -158,9 +158,13 @@ const BATCH_BYTES: u64 = 1024 * 1024;
 struct Job {
     file: std::fs::File,
     size: u64,
+    /// The directory ([`Walker::open`] index) and the file's slot in it.
+    dir: usize,
     slot: usize,
-    reply: SyncSender<(usize, FileOutcome)>,
 }
+
+/// A reader's answer for one [`Job`]: directory, slot, outcome.
+type Reply = (usize, usize, FileOutcome);
 
 enum FileOutcome {
     Done(Vec<Id>),
@@ -285,6 +289,9 @@ pub fn backup(
     };
     let (job_tx, job_rx) = sync_channel::<Vec<Job>>(workers * 2);
     let job_rx = Arc::new(Mutex::new(job_rx));
+    // Unbounded: a reader never waits for the walker; at most the queued
+    // and running batches' replies are outstanding.
+    let (reply_tx, reply_rx) = channel::<Reply>();
 
     let opts_ref = &opts;
     let walk_result = std::thread::scope(|s| {
@@ -292,23 +299,34 @@ pub fn backup(
         for i in 0..workers {
             let rx = Arc::clone(&job_rx);
             let tables = &tables;
+            let replies = reply_tx.clone();
             std::thread::Builder::new()
                 .name(format!("hoard-read-{i}"))
-                .spawn_scoped(s, move || reader_worker(repo, tables, opts, &rx))
+                .spawn_scoped(s, move || reader_worker(repo, tables, opts, &rx, &replies))
                 .map_err(|e| BackupError::Source {
                     path: "thread".into(),
                     source: e,
                 })?;
         }
+        // Only the readers hold senders: if they all stop, the walker's
+        // wait for replies ends instead of hanging.
+        drop(reply_tx);
         let shared = &shared;
         let walker = std::thread::Builder::new()
             .name("hoard-walk".into())
             .spawn_scoped(s, move || -> Result<Id, BackupError> {
                 crate::priority::apply_to_current_thread(&opts.priority)?;
                 let mut root_node = dir_node(shared, b"", &root_meta, &root);
-                let tree = walk_dir(shared, &root, &mut Vec::new(), parent_tree, &job_tx)?;
-                drop(job_tx);
-                let mut id = save_tree(shared, tree)?;
+                let mut w = Walker {
+                    sh: shared,
+                    jobs: Some(job_tx),
+                    replies: reply_rx,
+                    open: Vec::new(),
+                    free: Vec::new(),
+                    root: None,
+                };
+                w.walk_dir(&root, &mut Vec::new(), parent_tree, None)?;
+                let mut id = w.finish()?;
                 // Wrap the source's tree in the snapshot path's directories.
                 for c in components.iter().rev() {
                     root_node.name = c.clone();
@@ -392,21 +410,28 @@ fn reader_worker(
     tables: &ChunkerTables,
     opts: &BackupOptions,
     rx: &Mutex<Receiver<Vec<Job>>>,
+    replies: &Sender<Reply>,
 ) {
     if let Err(e) = crate::priority::apply_to_current_thread(&opts.priority) {
         tracing::warn!(error = %e, "could not lower the reader thread's priority");
     }
+    // Time spent with nothing to do: on a machine with as many cores as
+    // readers, that is an idle core (logged at debug level when done).
+    let mut idle = std::time::Duration::ZERO;
     loop {
+        let waiting = std::time::Instant::now();
         let batch = {
             let guard = rx.lock().unwrap_or_else(|e| e.into_inner());
-            match guard.recv() {
-                Ok(j) => j,
-                Err(_) => return,
-            }
+            guard.recv()
+        };
+        idle += waiting.elapsed();
+        let Ok(batch) = batch else {
+            tracing::debug!(idle_ms = idle.as_millis() as u64, "reader finished");
+            return;
         };
         for job in batch {
             let outcome = read_file(repo, tables, opts, &job);
-            let _ = job.reply.send((job.slot, outcome));
+            let _ = replies.send((job.dir, job.slot, outcome));
         }
     }
 }
@@ -460,200 +485,334 @@ fn path_of(rel: &[u8], name: &[u8]) -> Vec<u8> {
 /// A file whose content the workers are producing.
 struct Pending {
     node: Node,
-    size: u64,
     parent_had: bool,
 }
 
-fn walk_dir(
-    sh: &Shared<'_>,
-    dir: &Dir,
-    rel: &mut Vec<u8>,
-    parent: Option<Id>,
-    jobs: &SyncSender<Vec<Job>>,
-) -> Result<Tree, BackupError> {
-    let opts = sh.opts;
-    let parent_nodes: HashMap<Vec<u8>, Node> = parent
-        .and_then(|id| load_tree(sh.repo, &id).ok())
-        .map(|t| t.nodes.into_iter().map(|n| (n.name.clone(), n)).collect())
-        .unwrap_or_default();
-    let mut names = match dir.entries() {
-        Ok(n) => n,
-        Err(e) => {
-            sh.report(rel, format!("listing directory: {e}"));
-            return Ok(Tree::default());
-        }
-    };
-    names.sort();
-    let mut nodes: Vec<Node> = Vec::with_capacity(names.len());
-    let (reply_tx, reply_rx) = sync_channel::<(usize, FileOutcome)>(names.len().max(1));
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut subdirs: Vec<(Vec<u8>, Meta)> = Vec::new();
-    // Files go to the readers in batches (a few small files, or one large
-    // one): one channel hand-off, and one wake-up of a reader, per batch
-    // instead of per file.
-    let mut batch: Vec<Job> = Vec::new();
-    let mut batch_bytes = 0u64;
+/// A directory whose tree cannot be stored yet: its files are still being
+/// read, or its subdirectories' trees are not stored yet.
+///
+/// The walker does not wait for a directory's files before it moves on (a
+/// directory of large files would leave a reader idle while the other
+/// finishes the last one); it stores each tree as soon as everything in it
+/// is done. Open directories are those with files in flight (bounded by the
+/// job queue) and their ancestors, so memory stays bounded as before.
+struct OpenDir {
+    /// Relative path, for error reports.
+    rel: Vec<u8>,
+    /// Entries that are complete already (symlinks, devices, unchanged files).
+    nodes: Vec<Node>,
+    files: Vec<Pending>,
+    outcomes: Vec<Option<FileOutcome>>,
+    /// Subdirectory nodes; each gets its subtree when that tree is stored.
+    subdirs: Vec<Node>,
+    /// Files and subdirectories not finished yet, plus one while the walk
+    /// is still listing this directory.
+    waiting: usize,
+    /// The parent's index in [`Walker::open`] and this directory's slot in
+    /// its `subdirs`; `None` for the source root.
+    parent: Option<(usize, usize)>,
+}
 
-    for name in names {
-        if opts.cancel.is_cancelled() {
-            return Err(BackupError::Cancelled);
+/// The walker thread's state: lists directories, hands files to the
+/// readers, and stores trees as their contents complete.
+struct Walker<'s, 'a> {
+    sh: &'s Shared<'a>,
+    /// `None` once the walk is done (closes the readers' queue).
+    jobs: Option<SyncSender<Vec<Job>>>,
+    replies: Receiver<Reply>,
+    open: Vec<Option<OpenDir>>,
+    free: Vec<usize>,
+    /// The source root's tree, once stored.
+    root: Option<Id>,
+}
+
+impl Walker<'_, '_> {
+    fn send(&self, batch: Vec<Job>) -> Result<(), BackupError> {
+        match &self.jobs {
+            Some(j) if j.send(batch).is_ok() => Ok(()),
+            _ => Err(BackupError::Cancelled),
         }
-        let path = path_of(rel, &name);
-        if is_excluded(&opts.excludes, &name, &path) {
-            continue;
+    }
+
+    fn dir(&mut self, i: usize) -> &mut OpenDir {
+        match self.open.get_mut(i).and_then(Option::as_mut) {
+            Some(d) => d,
+            None => unreachable!("open directory {i} is referenced after it was stored"),
         }
-        let meta = match dir.lstat(&name) {
-            Ok(m) => m,
-            Err(e) => {
-                sh.report(&path, e);
-                continue;
+    }
+
+    /// Records the replies that have arrived, without waiting.
+    fn drain_replies(&mut self) -> Result<(), BackupError> {
+        while let Ok(r) = self.replies.try_recv() {
+            self.apply(r)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, (dir, slot, out): Reply) -> Result<(), BackupError> {
+        let d = self.dir(dir);
+        d.outcomes[slot] = Some(out);
+        d.waiting -= 1;
+        if d.waiting == 0 {
+            self.store(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the rest of the files, then returns the root tree's id.
+    fn finish(mut self) -> Result<Id, BackupError> {
+        self.jobs = None;
+        while self.root.is_none() {
+            if self.sh.opts.cancel.is_cancelled() {
+                return Err(BackupError::Cancelled);
+            }
+            match self.replies.recv() {
+                Ok(r) => self.apply(r)?,
+                // Every reader stopped with files unanswered.
+                Err(_) => return Err(BackupError::Cancelled),
+            }
+        }
+        self.root.ok_or(BackupError::Cancelled)
+    }
+
+    /// Stores the tree of open directory `i` (complete), then its parent's
+    /// if that completes too.
+    fn store(&mut self, mut i: usize) -> Result<(), BackupError> {
+        loop {
+            let Some(d) = self.open.get_mut(i).and_then(Option::take) else {
+                unreachable!("open directory {i} stored twice");
+            };
+            self.free.push(i);
+            let opts = self.sh.opts;
+            let mut nodes = d.nodes;
+            nodes.extend(d.subdirs);
+            for (p, out) in d.files.into_iter().zip(d.outcomes) {
+                match out {
+                    Some(FileOutcome::Done(ids)) => {
+                        let mut node = p.node;
+                        node.content = Some(ids);
+                        if p.parent_had {
+                            opts.progress.add_files_changed(1);
+                        } else {
+                            opts.progress.add_files_new(1);
+                        }
+                        opts.progress.add_files_done(1);
+                        nodes.push(node);
+                    }
+                    Some(FileOutcome::ReadError(e)) => {
+                        self.sh.report(&path_of(&d.rel, &p.node.name), e)
+                    }
+                    Some(FileOutcome::Fatal(e)) => return Err(e.into()),
+                    Some(FileOutcome::Cancelled) | None => return Err(BackupError::Cancelled),
+                }
+            }
+            let id = save_tree(self.sh, Tree { nodes })?;
+            let Some((parent, slot)) = d.parent else {
+                self.root = Some(id);
+                return Ok(());
+            };
+            opts.progress.add_dirs(1);
+            let pd = self.dir(parent);
+            pd.subdirs[slot].subtree = Some(id);
+            pd.waiting -= 1;
+            if pd.waiting > 0 {
+                return Ok(());
+            }
+            i = parent;
+        }
+    }
+
+    /// Lists `dir`, hands its changed files to the readers and walks its
+    /// subdirectories; its tree is stored once all of that is done (maybe
+    /// after this returns). `link` is the parent's open directory and slot.
+    fn walk_dir(
+        &mut self,
+        dir: &Dir,
+        rel: &mut Vec<u8>,
+        parent: Option<Id>,
+        link: Option<(usize, usize)>,
+    ) -> Result<(), BackupError> {
+        let sh = self.sh;
+        let opts = sh.opts;
+        let me = OpenDir {
+            rel: rel.clone(),
+            nodes: Vec::new(),
+            files: Vec::new(),
+            outcomes: Vec::new(),
+            subdirs: Vec::new(),
+            waiting: 1,
+            parent: link,
+        };
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.open[i] = Some(me);
+                i
+            }
+            None => {
+                self.open.push(Some(me));
+                self.open.len() - 1
             }
         };
-        if meta.dev != sh.root_dev {
-            // Another filesystem mounted inside the source: not ours to read.
-            continue;
-        }
-        let Some(kind) = NodeType::from_st_mode(meta.mode) else {
-            continue;
+        let parent_nodes: HashMap<Vec<u8>, Node> = parent
+            .and_then(|id| load_tree(sh.repo, &id).ok())
+            .map(|t| t.nodes.into_iter().map(|n| (n.name.clone(), n)).collect())
+            .unwrap_or_default();
+        let mut names = match dir.entries() {
+            Ok(n) => n,
+            Err(e) => {
+                sh.report(rel, format!("listing directory: {e}"));
+                Vec::new()
+            }
         };
-        match kind {
-            NodeType::Dir => subdirs.push((name, meta)),
-            NodeType::File => {
-                opts.progress.add_files_total(1);
-                opts.progress.add_bytes_total(meta.size);
-                let prev = parent_nodes.get(&name);
-                if let Some(prev) = prev
-                    && unchanged(prev, &meta)
-                    && prev
-                        .content
-                        .as_ref()
-                        .is_some_and(|c| c.iter().all(|id| sh.repo.has_blob(BlobType::Data, id)))
-                {
-                    let mut node = base_node(sh, &name, NodeType::File, &meta);
-                    node.content = prev.content.clone();
-                    node.xattrs = prev.xattrs.clone();
-                    opts.progress.add_files_unmodified(1);
-                    opts.progress.add_files_done(1);
-                    opts.progress.add_bytes_done(meta.size);
-                    nodes.push(node);
+        names.sort();
+        let mut subdirs: Vec<(Vec<u8>, Meta)> = Vec::new();
+        // Files go to the readers in batches (a few small files, or one large
+        // one): one channel hand-off, and one wake-up of a reader, per batch
+        // instead of per file.
+        let mut batch: Vec<Job> = Vec::new();
+        let mut batch_bytes = 0u64;
+
+        for name in names {
+            if opts.cancel.is_cancelled() {
+                return Err(BackupError::Cancelled);
+            }
+            let path = path_of(rel, &name);
+            if is_excluded(&opts.excludes, &name, &path) {
+                continue;
+            }
+            let meta = match dir.lstat(&name) {
+                Ok(m) => m,
+                Err(e) => {
+                    sh.report(&path, e);
                     continue;
                 }
-                if let Some(h) = &opts.walk_hook {
-                    h(&path);
-                }
-                let (file, fmeta) = match dir.open_file(&name) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        sh.report(&path, e);
-                        continue;
-                    }
-                };
-                let mut node = base_node(sh, &name, NodeType::File, &fmeta);
-                node.xattrs = xattrs_or_report(sh, &path, std::os::fd::AsFd::as_fd(&file));
-                let slot = pending.len();
-                pending.push(Pending {
-                    node,
-                    size: fmeta.size,
-                    parent_had: prev.is_some(),
-                });
-                batch_bytes += fmeta.size;
-                batch.push(Job {
-                    file,
-                    size: fmeta.size,
-                    slot,
-                    reply: reply_tx.clone(),
-                });
-                if (batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES)
-                    && jobs.send(std::mem::take(&mut batch)).is_err()
-                {
-                    return Err(BackupError::Cancelled);
-                }
-                if batch.is_empty() {
-                    batch_bytes = 0;
-                }
-            }
-            NodeType::Symlink => {
-                let mut node = base_node(sh, &name, NodeType::Symlink, &meta);
-                match dir.read_link(&name) {
-                    Ok(t) => node.link_target = t,
-                    Err(e) => {
-                        sh.report(&path, e);
-                        continue;
-                    }
-                }
-                nodes.push(node);
-            }
-            other => {
-                let mut node = base_node(sh, &name, other, &meta);
-                if matches!(node.node_type, NodeType::Dev | NodeType::Chardev) {
-                    node.device = meta.rdev;
-                }
-                nodes.push(node);
-            }
-        }
-    }
-    if !batch.is_empty() && jobs.send(batch).is_err() {
-        return Err(BackupError::Cancelled);
-    }
-    drop(reply_tx);
-
-    for (name, meta) in subdirs {
-        if opts.cancel.is_cancelled() {
-            return Err(BackupError::Cancelled);
-        }
-        let path = path_of(rel, &name);
-        if let Some(h) = &opts.walk_hook {
-            h(&path);
-        }
-        let sub = match dir.open_dir(&name) {
-            Ok(d) => d,
-            Err(e) => {
-                sh.report(&path, e);
+            };
+            if meta.dev != sh.root_dev {
+                // Another filesystem mounted inside the source: not ours to read.
                 continue;
             }
-        };
-        let smeta = sub.stat().unwrap_or(meta);
-        let mut node = dir_node(sh, &name, &smeta, &sub);
-        node.xattrs = xattrs_or_report(sh, &path, sub.as_fd());
-        let psub = parent_nodes
-            .get(&name)
-            .filter(|n| n.node_type == NodeType::Dir)
-            .and_then(|n| n.subtree);
-        let len = rel.len();
-        *rel = path.clone();
-        let tree = walk_dir(sh, &sub, rel, psub, jobs);
-        rel.truncate(len);
-        node.subtree = Some(save_tree(sh, tree?)?);
-        opts.progress.add_dirs(1);
-        nodes.push(node);
-    }
-
-    // Collect this directory's file contents.
-    let mut results: Vec<Option<FileOutcome>> = (0..pending.len()).map(|_| None).collect();
-    for (slot, out) in reply_rx.iter() {
-        results[slot] = Some(out);
-    }
-    for (p, out) in pending.into_iter().zip(results) {
-        let path = path_of(rel, &p.node.name);
-        match out {
-            Some(FileOutcome::Done(ids)) => {
-                let mut node = p.node;
-                node.content = Some(ids);
-                if p.parent_had {
-                    opts.progress.add_files_changed(1);
-                } else {
-                    opts.progress.add_files_new(1);
+            let Some(kind) = NodeType::from_st_mode(meta.mode) else {
+                continue;
+            };
+            match kind {
+                NodeType::Dir => subdirs.push((name, meta)),
+                NodeType::File => {
+                    opts.progress.add_files_total(1);
+                    opts.progress.add_bytes_total(meta.size);
+                    let prev = parent_nodes.get(&name);
+                    if let Some(prev) = prev
+                        && unchanged(prev, &meta)
+                        && prev.content.as_ref().is_some_and(|c| {
+                            c.iter().all(|id| sh.repo.has_blob(BlobType::Data, id))
+                        })
+                    {
+                        let mut node = base_node(sh, &name, NodeType::File, &meta);
+                        node.content = prev.content.clone();
+                        node.xattrs = prev.xattrs.clone();
+                        opts.progress.add_files_unmodified(1);
+                        opts.progress.add_files_done(1);
+                        opts.progress.add_bytes_done(meta.size);
+                        self.dir(idx).nodes.push(node);
+                        continue;
+                    }
+                    if let Some(h) = &opts.walk_hook {
+                        h(&path);
+                    }
+                    let (file, fmeta) = match dir.open_file(&name) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            sh.report(&path, e);
+                            continue;
+                        }
+                    };
+                    let mut node = base_node(sh, &name, NodeType::File, &fmeta);
+                    node.xattrs = xattrs_or_report(sh, &path, std::os::fd::AsFd::as_fd(&file));
+                    let d = self.dir(idx);
+                    let slot = d.files.len();
+                    d.files.push(Pending {
+                        node,
+                        parent_had: prev.is_some(),
+                    });
+                    d.outcomes.push(None);
+                    d.waiting += 1;
+                    batch_bytes += fmeta.size;
+                    batch.push(Job {
+                        file,
+                        size: fmeta.size,
+                        dir: idx,
+                        slot,
+                    });
+                    if batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES {
+                        self.send(std::mem::take(&mut batch))?;
+                        batch_bytes = 0;
+                    }
                 }
-                opts.progress.add_files_done(1);
-                nodes.push(node);
+                NodeType::Symlink => {
+                    let mut node = base_node(sh, &name, NodeType::Symlink, &meta);
+                    match dir.read_link(&name) {
+                        Ok(t) => node.link_target = t,
+                        Err(e) => {
+                            sh.report(&path, e);
+                            continue;
+                        }
+                    }
+                    self.dir(idx).nodes.push(node);
+                }
+                other => {
+                    let mut node = base_node(sh, &name, other, &meta);
+                    if matches!(node.node_type, NodeType::Dev | NodeType::Chardev) {
+                        node.device = meta.rdev;
+                    }
+                    self.dir(idx).nodes.push(node);
+                }
             }
-            Some(FileOutcome::ReadError(e)) => sh.report(&path, e),
-            Some(FileOutcome::Fatal(e)) => return Err(e.into()),
-            Some(FileOutcome::Cancelled) | None => return Err(BackupError::Cancelled),
         }
-        let _ = p.size;
+        if !batch.is_empty() {
+            self.send(batch)?;
+        }
+
+        for (name, meta) in subdirs {
+            if opts.cancel.is_cancelled() {
+                return Err(BackupError::Cancelled);
+            }
+            let path = path_of(rel, &name);
+            if let Some(h) = &opts.walk_hook {
+                h(&path);
+            }
+            let sub = match dir.open_dir(&name) {
+                Ok(d) => d,
+                Err(e) => {
+                    sh.report(&path, e);
+                    continue;
+                }
+            };
+            let smeta = sub.stat().unwrap_or(meta);
+            let mut node = dir_node(sh, &name, &smeta, &sub);
+            node.xattrs = xattrs_or_report(sh, &path, sub.as_fd());
+            let psub = parent_nodes
+                .get(&name)
+                .filter(|n| n.node_type == NodeType::Dir)
+                .and_then(|n| n.subtree);
+            let d = self.dir(idx);
+            let slot = d.subdirs.len();
+            d.subdirs.push(node);
+            d.waiting += 1;
+            let len = rel.len();
+            *rel = path;
+            let r = self.walk_dir(&sub, rel, psub, Some((idx, slot)));
+            rel.truncate(len);
+            r?;
+        }
+
+        // Listing done: store the tree now if nothing is in flight.
+        self.drain_replies()?;
+        let d = self.dir(idx);
+        d.waiting -= 1;
+        if d.waiting == 0 {
+            self.store(idx)?;
+        }
+        Ok(())
     }
-    Ok(Tree { nodes })
 }
 
 fn unchanged(prev: &Node, m: &Meta) -> bool {

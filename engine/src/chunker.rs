@@ -20,8 +20,10 @@ use std::io::{self, Read};
 
 /// Smallest chunk restic cuts (except the last chunk of a file).
 pub const MIN_SIZE: usize = 512 * 1024;
-/// Stretches shorter than twice this are scanned as one chain.
+/// Stretches shorter than `LANES` times this are scanned as one chain.
 const PARALLEL_SCAN_MIN: usize = 4096;
+/// Independent hash chains interleaved over a long stretch.
+const LANES: usize = 4;
 /// Largest chunk: a cut is forced here.
 pub const MAX_SIZE: usize = 8 * 1024 * 1024;
 /// Bytes in the rolling-hash window.
@@ -154,49 +156,67 @@ impl ChunkerTables {
             };
             let mut d = state.digest;
             // The digest at a position depends only on the window's 64
-            // bytes, so the second half of a long stretch can be hashed
-            // from a fresh warm-up, interleaved with the first half: two
-            // independent dependency chains keep the core's pipeline full
-            // (the single chain waits on each table lookup). The first cut
-            // in order wins, exactly as a one-byte-at-a-time scan finds it.
+            // bytes, so each quarter of a long stretch can be hashed from a
+            // fresh warm-up, interleaved with the others: four independent
+            // dependency chains keep the core's pipeline full (one chain
+            // waits on each table lookup; two still left it half idle). The
+            // first cut in order wins, exactly as a one-byte-at-a-time scan
+            // finds it: lane 0 stops at its first cut, and the later lanes
+            // (which only record their first cut) cover later bytes.
             let mut from = start;
-            if end - start >= 2 * PARALLEL_SCAN_MIN {
-                let mid = start + (end - start) / 2;
-                let mut d2 = 0u64;
-                for &b in &data[mid - WINDOW_SIZE..mid] {
-                    d2 = self.append(d2, b);
-                }
-                let (l1, e1) = (
-                    &data[start - WINDOW_SIZE..mid - WINDOW_SIZE],
-                    &data[start..mid],
-                );
-                let (l2, e2) = (&data[mid - WINDOW_SIZE..end - WINDOW_SIZE], &data[mid..end]);
-                let mut second_cut: Option<(usize, u64)> = None;
-                for k in 0..e1.len() {
-                    d = step(d, l1[k], e1[k]);
+            if end - start >= LANES * PARALLEL_SCAN_MIN {
+                let q = (end - start) / LANES;
+                let warm = |at: usize| {
+                    data[at - WINDOW_SIZE..at]
+                        .iter()
+                        .fold(0u64, |d, &b| self.append(d, b))
+                };
+                let (s1, s2, s3) = (start + q, start + 2 * q, start + 3 * q);
+                let (mut d1, mut d2, mut d3) = (warm(s1), warm(s2), warm(s3));
+                let lane = |at: usize| {
+                    (
+                        &data[at - WINDOW_SIZE..at - WINDOW_SIZE + q],
+                        &data[at..at + q],
+                    )
+                };
+                let ((l0, e0), (l1, e1), (l2, e2), (l3, e3)) =
+                    (lane(start), lane(s1), lane(s2), lane(s3));
+                // First cut of lanes 1-3: (position after the cut, digest).
+                let mut cuts: [Option<(usize, u64)>; LANES] = [None; LANES];
+                for k in 0..q {
+                    d = step(d, l0[k], e0[k]);
                     if d & mask == 0 {
                         state.digest = d;
                         state.cut = d;
                         state.pos = start + k + 1;
                         return Some(start + k + 1);
                     }
-                    if second_cut.is_none() {
-                        d2 = step(d2, l2[k], e2[k]);
-                        if d2 & mask == 0 {
-                            second_cut = Some((mid + k + 1, d2));
+                    // Stepping on past a lane's first cut is harmless (the
+                    // digest depends only on the window); only the first
+                    // one is kept.
+                    d1 = step(d1, l1[k], e1[k]);
+                    d2 = step(d2, l2[k], e2[k]);
+                    d3 = step(d3, l3[k], e3[k]);
+                    if (d1 & mask == 0) | (d2 & mask == 0) | (d3 & mask == 0) {
+                        for (c, (dj, sj)) in
+                            cuts[1..].iter_mut().zip([(d1, s1), (d2, s2), (d3, s3)])
+                        {
+                            if c.is_none() && dj & mask == 0 {
+                                *c = Some((sj + k + 1, dj));
+                            }
                         }
                     }
                 }
-                if let Some((at, cut)) = second_cut {
+                if let Some((at, cut)) = cuts.iter().flatten().next().copied() {
                     state.digest = cut;
                     state.cut = cut;
                     state.pos = at;
                     return Some(at);
                 }
-                // The second half is hashed up to mid + e1.len(); one byte
-                // may remain when the stretch is odd.
-                d = d2;
-                from = mid + e1.len();
+                // The last lane hashed up to s3 + q; the stretch's remainder
+                // (fewer than LANES bytes) follows.
+                d = d3;
+                from = s3 + q;
             }
             let leaving = &data[from - WINDOW_SIZE..end - WINDOW_SIZE];
             let entering = &data[from..end];
