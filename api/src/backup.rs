@@ -2,7 +2,8 @@
 //! and `BackupSession` (one run of it). The controllers create a session at
 //! each `schedule` tick (or a user does, for an instant backup); the agents on
 //! the target's nodes fill in the per-host `status.stats`; the controllers
-//! roll them up into `status.phase` (see [`crate::phase`]).
+//! roll them up into `status.phase` (see [`crate::phase`]). A configuration
+//! runs one session at a time: a younger one waits ([`session_to_wait_for`]).
 
 use k8s_openapi::api::core::v1::VolumeMount;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
