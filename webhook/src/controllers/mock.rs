@@ -934,3 +934,19 @@ async fn a_session_waits_visibly_for_the_older_session_of_its_configuration() {
 fn list_path_of(config: &str) -> String {
     format!("{BS}?&fieldSelector=spec.invoker.name%3D{config}")
 }
+
+/// A standalone-PVC session that waits for an older one creates no worker
+/// pod (the older one's worker may hold a ReadWriteOnce PVC): no request.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_session_gets_no_worker_pod() {
+    let (status, _) =
+        super::rollup::waiting_status(&BackupSessionStatus::default(), "db-1", "db", now());
+    let s = session("db-2", Some(status));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(Context::new(Client::new(svc, "default"), now));
+    let action = super::standalone::reconcile(Arc::new(s), ctx)
+        .await
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+    ApiServer(handle).done().await;
+}
