@@ -2,7 +2,8 @@
 //! and `BackupSession` (one run of it). The controllers create a session at
 //! each `schedule` tick (or a user does, for an instant backup); the agents on
 //! the target's nodes fill in the per-host `status.stats`; the controllers
-//! roll them up into `status.phase` (see [`crate::phase`]).
+//! roll them up into `status.phase` (see [`crate::phase`]). A configuration
+//! runs one session at a time: a younger one waits ([`session_to_wait_for`]).
 
 use k8s_openapi::api::core::v1::VolumeMount;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -374,6 +375,63 @@ pub fn upsert_host_stats(stats: &mut Vec<HostBackupStats>, entry: HostBackupStat
     }
 }
 
+/// Condition type on a `BackupSession` that waits for an older session of
+/// its configuration: `True` while it waits (the message names the older
+/// session), `False` from the moment it may run (its `timeOut` counts from
+/// then).
+pub const CONDITION_WAITING: &str = "Waiting";
+
+/// One configuration runs one session at a time: the `BackupSession` that
+/// `session` must wait for, or `None` when it may run.
+///
+/// Among the unfinished sessions of one configuration (`siblings`: the
+/// namespace's sessions, any invoker; `session` itself may be among them),
+/// only the first may run, in this order: a session some host already
+/// reported on (it was allowed to start) before one nobody started, then the
+/// older `creationTimestamp`, then the smaller name. The agents (before
+/// starting a host) and the roll-up controller (to show the wait) evaluate
+/// this same rule on the same objects, so they agree without a lock; and
+/// once a session may run it stays so, because sessions created later sort
+/// after it and a finished one never runs again.
+pub fn session_to_wait_for<'a>(
+    session: &BackupSession,
+    siblings: &'a [BackupSession],
+) -> Option<&'a BackupSession> {
+    fn key(s: &BackupSession) -> (bool, Option<&Time>, &str) {
+        let started = s
+            .status
+            .as_ref()
+            .and_then(|st| st.stats.as_ref())
+            .is_some_and(|v| !v.is_empty());
+        (
+            !started,
+            s.metadata.creation_timestamp.as_ref(),
+            s.metadata.name.as_deref().unwrap_or(""),
+        )
+    }
+    let unfinished = |s: &BackupSession| {
+        !s.status
+            .as_ref()
+            .and_then(|st| st.phase)
+            .is_some_and(Phase::is_finished)
+    };
+    if !unfinished(session) {
+        return None;
+    }
+    let own = key(session);
+    siblings
+        .iter()
+        .filter(|s| {
+            s.metadata.namespace == session.metadata.namespace
+                && s.spec.invoker.name == session.spec.invoker.name
+                && s.spec.invoker.kind == session.spec.invoker.kind
+                && s.metadata.name != session.metadata.name
+                && unfinished(s)
+        })
+        .filter(|s| key(s) < own)
+        .min_by(|a, b| key(a).cmp(&key(b)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,5 +490,120 @@ mod tests {
             .map(|t| t.target_ref.name.as_str())
             .collect();
         assert_eq!(names, ["a", "b", "c"]);
+    }
+
+    fn sess(
+        name: &str,
+        invoker: &str,
+        created: &str,
+        status: Option<BackupSessionStatus>,
+    ) -> BackupSession {
+        let mut s = BackupSession::new(
+            name,
+            BackupSessionSpec {
+                invoker: InvokerRef {
+                    api_group: Some("hoard.dev".into()),
+                    kind: "BackupConfiguration".into(),
+                    name: invoker.into(),
+                },
+            },
+        );
+        s.metadata.namespace = Some("demo".into());
+        s.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
+        s.status = status;
+        s
+    }
+
+    fn phase(p: Phase) -> Option<BackupSessionStatus> {
+        Some(BackupSessionStatus {
+            phase: Some(p),
+            ..Default::default()
+        })
+    }
+
+    fn started() -> Option<BackupSessionStatus> {
+        Some(BackupSessionStatus {
+            phase: Some(Phase::Running),
+            stats: Some(vec![entry("host-0", None, Phase::Running)]),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn only_the_first_unfinished_session_of_a_configuration_runs() {
+        const T0: &str = "2026-03-10T11:00:00Z";
+        const T1: &str = "2026-03-10T11:00:05Z";
+        let name = |s: Option<&BackupSession>| s.map(|s| s.metadata.name.clone().unwrap());
+        // (case, siblings, session, waits for)
+        let cases: Vec<(&str, Vec<BackupSession>, BackupSession, Option<&str>)> = vec![
+            (
+                "an older running session blocks a younger one",
+                vec![sess("old", "cfg", T0, phase(Phase::Running))],
+                sess("new", "cfg", T1, None),
+                Some("old"),
+            ),
+            (
+                "the older one does not wait for the younger",
+                vec![sess("new", "cfg", T1, None)],
+                sess("old", "cfg", T0, phase(Phase::Running)),
+                None,
+            ),
+            (
+                "a finished older session blocks nothing",
+                vec![
+                    sess("a", "cfg", T0, phase(Phase::Succeeded)),
+                    sess("b", "cfg", T0, phase(Phase::Failed)),
+                    sess("c", "cfg", T0, phase(Phase::Skipped)),
+                ],
+                sess("new", "cfg", T1, None),
+                None,
+            ),
+            (
+                "another configuration's session blocks nothing",
+                vec![sess("other", "cfg-2", T0, phase(Phase::Running))],
+                sess("new", "cfg", T1, None),
+                None,
+            ),
+            (
+                "the same second: the smaller name first",
+                vec![sess("a", "cfg", T1, None)],
+                sess("b", "cfg", T1, None),
+                Some("a"),
+            ),
+            (
+                "a started session goes first, even if created later or named after",
+                vec![sess("z", "cfg", T1, started())],
+                sess("a", "cfg", T0, None),
+                Some("z"),
+            ),
+            (
+                "of several blockers, the first is named",
+                vec![
+                    sess("second", "cfg", T1, None),
+                    sess("first", "cfg", T0, None),
+                ],
+                sess("third", "cfg", "2026-03-10T11:01:00Z", None),
+                Some("first"),
+            ),
+            (
+                "the session itself in the list is not its own blocker",
+                vec![sess("only", "cfg", T0, None)],
+                sess("only", "cfg", T0, None),
+                None,
+            ),
+            (
+                "a finished session waits for nothing",
+                vec![sess("old", "cfg", T0, phase(Phase::Running))],
+                sess("new", "cfg", T1, phase(Phase::Failed)),
+                None,
+            ),
+        ];
+        for (case, siblings, s, want) in cases {
+            assert_eq!(
+                name(session_to_wait_for(&s, &siblings)).as_deref(),
+                want,
+                "{case}"
+            );
+        }
     }
 }

@@ -469,22 +469,76 @@ impl Agent {
         Ok(a)
     }
 
-    /// Handles one observed `BackupSession`.
+    /// Handles one observed `BackupSession`. A finished one may free the
+    /// next session of its configuration, which waited for it (one session
+    /// per configuration at a time): that one is started here, because its
+    /// own object does not change when it may run.
     pub async fn handle_backup_session(
         self: &Arc<Self>,
         bs: BackupSession,
     ) -> Result<(), AgentError> {
         match bs.status.as_ref().and_then(|s| s.phase) {
-            Some(Phase::Succeeded) => {
-                self.maybe_apply_retention(&bs);
-                return Ok(());
-            }
+            Some(Phase::Succeeded) => self.maybe_apply_retention(&bs),
             Some(Phase::Failed | Phase::Skipped) => {
                 self.forget_backed_up(&bs.uid().unwrap_or_default());
-                return Ok(());
             }
-            _ => {}
+            _ => return self.start_backup_hosts(bs).await,
         }
+        for next in self.sessions_freed_by(&bs).await? {
+            self.start_backup_hosts(next).await?;
+        }
+        Ok(())
+    }
+
+    /// The configuration's sessions, read from the API server (not the
+    /// watch), so that every agent and the controller judge the same
+    /// objects.
+    async fn sibling_sessions(&self, bs: &BackupSession) -> Result<Vec<BackupSession>, AgentError> {
+        let ns = bs.namespace().unwrap_or_default();
+        let invoker = &bs.spec.invoker.name;
+        // `spec.invoker.name` is a selectable field of the CRD
+        let lp = ListParams::default().fields(&format!("spec.invoker.name={invoker}"));
+        Ok(Api::<BackupSession>::namespaced(self.client.clone(), &ns)
+            .list(&lp)
+            .await
+            .map_err(kube_err(format!(
+                "listing the BackupSessions of BackupConfiguration {ns}/{invoker}"
+            )))?
+            .items)
+    }
+
+    /// The unfinished sessions of `finished`'s configuration that may run
+    /// now ([`api::backup::session_to_wait_for`]).
+    async fn sessions_freed_by(
+        &self,
+        finished: &BackupSession,
+    ) -> Result<Vec<BackupSession>, AgentError> {
+        let siblings = self.sibling_sessions(finished).await?;
+        Ok(siblings
+            .iter()
+            .filter(|s| s.uid() != finished.uid())
+            .filter(|s| {
+                !s.status
+                    .as_ref()
+                    .and_then(|st| st.phase)
+                    .is_some_and(Phase::is_finished)
+            })
+            .filter(|s| api::backup::session_to_wait_for(s, &siblings).is_none())
+            .cloned()
+            .collect())
+    }
+
+    /// The older session of the configuration that `bs` waits for, if any.
+    async fn waits_for(&self, bs: &BackupSession) -> Result<Option<String>, AgentError> {
+        let siblings = self.sibling_sessions(bs).await?;
+        // the listed copy is newer than the watched one
+        let me = siblings.iter().find(|s| s.uid() == bs.uid()).unwrap_or(bs);
+        Ok(api::backup::session_to_wait_for(me, &siblings).map(ResourceExt::name_any))
+    }
+
+    /// Starts this node's hosts of an unfinished session, unless an older
+    /// session of its configuration has not finished yet.
+    async fn start_backup_hosts(self: &Arc<Self>, bs: BackupSession) -> Result<(), AgentError> {
         let ns = bs.namespace().unwrap_or_default();
         let inv = &bs.spec.invoker;
         if inv.kind != "BackupConfiguration" {
@@ -504,6 +558,8 @@ impl Agent {
         let stats = serde_json::to_value(&bs).unwrap_or_default();
         // the hosts started here back up one after another into one repository
         let shared = SharedRepo::default();
+        // read once, when a first host would start
+        let mut waiting: Option<Option<String>> = None;
         for target in cfg.spec.all_targets() {
             let kind = target_kind(&target.target_ref)?;
             let pods = self.pods_for(&ns, kind).await?;
@@ -523,6 +579,17 @@ impl Agent {
                 );
                 if matches!(prior.as_deref(), Some("Succeeded" | "Failed")) {
                     continue;
+                }
+                // A host left Running was allowed to start; a new one only
+                // when no older session of the configuration is unfinished.
+                if prior.as_deref() != Some("Running") {
+                    if waiting.is_none() {
+                        waiting = Some(self.waits_for(&bs).await?);
+                    }
+                    if let Some(Some(older)) = &waiting {
+                        tracing::info!(%ns, session = %bs.name_any(), %older, host, "waiting for the older BackupSession of the configuration to finish");
+                        continue;
+                    }
                 }
                 if !self.claim(&uid, &claim) {
                     continue;

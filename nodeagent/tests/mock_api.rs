@@ -67,6 +67,8 @@ struct World {
     event_tx: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// (event name, reason) of posted events, for series updates (PATCH).
     event_names: Vec<(String, String)>,
+    /// Other `BackupSession`s of the configuration, listed beside `session`.
+    siblings: Vec<Value>,
 }
 
 /// `Recovery` is v1alpha1, the sessions v1beta1.
@@ -159,6 +161,25 @@ async fn api_server(mut handle: Handle, world: Arc<std::sync::Mutex<World>>) {
             ) => {
                 let cfg = w.config.clone();
                 respond(send, StatusCode::OK, cfg);
+                false
+            }
+            (Method::GET, "/apis/hoard.dev/v1beta1/namespaces/demo/backupsessions") => {
+                assert!(
+                    query.contains("fieldSelector=spec.invoker.name%3Dss-backup"),
+                    "the configuration's sessions are listed by invoker: {query}"
+                );
+                let mut items = w.siblings.clone();
+                if w.session_path.starts_with("backupsessions/") {
+                    items.push(w.session.clone());
+                }
+                respond(
+                    send,
+                    StatusCode::OK,
+                    json!({
+                        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSessionList",
+                        "metadata": {"resourceVersion": "5"}, "items": items
+                    }),
+                );
                 false
             }
             (Method::GET, "/api/v1/namespaces/demo/persistentvolumeclaims/shared") => {
@@ -1204,25 +1225,52 @@ async fn retention_runs_once_after_a_successful_session() {
         Metrics::new(),
         Duration::from_secs(3600),
     );
+    // it answers the agent's requests in whatever order they come
+    let api = tokio::spawn(async move {
+        let mut seen = vec![];
+        while let Some((req, send)) = handle.next_request().await {
+            let path = req.uri().path().to_string();
+            let query = req.uri().query().unwrap_or("").to_string();
+            match path.as_str() {
+                "/api/v1/namespaces/demo/pods" => {
+                    assert!(query.contains("spec.nodeName%3Dnode-b"), "{query}");
+                    respond(
+                        send,
+                        StatusCode::OK,
+                        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                               "items": [pod("web-0", "uid-0", "node-a")]}),
+                    );
+                }
+                // a finished session may free a waiting one of its configuration
+                "/apis/hoard.dev/v1beta1/namespaces/demo/backupsessions" => {
+                    assert!(query.contains("spec.invoker.name%3Dss-backup"), "{query}");
+                    respond(
+                        send,
+                        StatusCode::OK,
+                        json!({"apiVersion": "hoard.dev/v1beta1", "kind": "BackupSessionList",
+                               "metadata": {}, "items": [succeeded]}),
+                    );
+                }
+                p => panic!("unexpected request {p}?{query}"),
+            }
+            seen.push(path);
+        }
+        seen
+    });
     other.handle_backup_session(bs).await.unwrap();
     drop(other);
-    let (req, send) = handle.next_request().await.unwrap();
-    assert_eq!(req.uri().path(), "/api/v1/namespaces/demo/pods");
-    assert!(
-        req.uri()
-            .query()
-            .unwrap()
-            .contains("spec.nodeName%3Dnode-b")
-    );
-    respond(
-        send,
-        StatusCode::OK,
-        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
-               "items": [pod("web-0", "uid-0", "node-a")]}),
-    );
-    assert!(
-        handle.next_request().await.is_none(),
-        "no request but its node's pods from an agent that does not own retention"
+    let mut seen = tokio::time::timeout(Duration::from_secs(60), api)
+        .await
+        .expect("the other agent let go of its client")
+        .unwrap();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "/api/v1/namespaces/demo/pods",
+            "/apis/hoard.dev/v1beta1/namespaces/demo/backupsessions"
+        ],
+        "no request but its node's pods and the configuration's sessions from an agent that does not own retention"
     );
 }
 
@@ -2133,6 +2181,119 @@ async fn retention_survives_an_agent_restart_and_runs_once() {
     assert_eq!(writes, 2, "the claim (Running) and the outcome, once");
     let repo = Repository::open(Arc::new(LocalBackend::new(&repo_dir)), PASSWORD).unwrap();
     assert_eq!(repo.snapshots().unwrap().len(), 1);
+}
+
+/// One configuration runs one session at a time (issue 7): a user's
+/// instant session created while an older session of the same
+/// configuration runs waits — the agent writes nothing for it and reads no
+/// volume — and runs once the older one finished (the agent is told of that
+/// by the older session's change, not the waiting one's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_waits_for_the_older_session_of_its_configuration() {
+    let t = tempfile::tempdir().unwrap();
+    let kroot = t.path().join("kubelet");
+    let data = kroot.join("pods/uid-0/volumes/kubernetes.io~empty-dir/data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a"), "alpha").unwrap();
+    let host_root = t.path().join("host");
+    let repo_dir = host_root.join("var/hoard/repo");
+    Repository::init(
+        Arc::new(LocalBackend::new(&repo_dir)),
+        PASSWORD,
+        InitOptions {
+            kdf: KdfParams::insecure_fast(),
+            chunker_polynomial: None,
+        },
+    )
+    .unwrap();
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut kubelet = Kubelet::new(&kroot);
+    kubelet.host_root = Some(host_root.clone());
+    let agent = Agent::new(
+        kube::Client::new(svc, "default"),
+        "node-a".into(),
+        "hoard-system".into(),
+        kubelet,
+        1,
+        Metrics::new(),
+        Duration::from_secs(3600),
+    );
+    let older = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "ss-backup-1773140400", "namespace": "demo", "uid": "old-uid",
+            "resourceVersion": "3", "creationTimestamp": "2026-03-10T11:00:00Z"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}},
+        "status": {"phase": "Running"}
+    });
+    let younger = json!({
+        "apiVersion": "hoard.dev/v1beta1", "kind": "BackupSession",
+        "metadata": {"name": "bs-1", "namespace": "demo", "uid": "bs-uid",
+            "resourceVersion": "4", "creationTimestamp": "2026-03-10T11:00:05Z"},
+        "spec": {"invoker": {"kind": "BackupConfiguration", "name": "ss-backup"}}
+    });
+    let world = Arc::new(std::sync::Mutex::new(World {
+        config: config(),
+        node_scoped: Some("node-a".into()),
+        session_path: "backupsessions/bs-1".into(),
+        pods: vec![pod("web-0", "uid-0", "node-a")],
+        session: younger.clone(),
+        rv: 4,
+        repository: local_repository(),
+        secret: repo_secret(&[]),
+        siblings: vec![older.clone()],
+        ..Default::default()
+    }));
+    let server = tokio::spawn(api_server(handle, world.clone()));
+
+    let bs: api::BackupSession = serde_json::from_value(younger.clone()).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    {
+        let w = world.lock().unwrap();
+        assert!(
+            w.log.iter().all(|(m, _)| m == "GET"),
+            "nothing is written for the waiting session: {:?}",
+            w.log
+        );
+        assert!(
+            !w.log
+                .iter()
+                .any(|(_, p)| p.contains("/repositories/") || p.contains("/secrets/")),
+            "the repository is not even opened: {:?}",
+            w.log
+        );
+        assert!(w.events.is_empty(), "{:?}", w.events);
+        assert_eq!(w.session, younger, "the waiting session is untouched");
+        assert!(
+            w.log
+                .iter()
+                .any(|(_, p)| p == "/apis/hoard.dev/v1beta1/namespaces/demo/backupsessions"),
+            "the agent read the configuration's sessions"
+        );
+    }
+    let repo = Repository::open(Arc::new(LocalBackend::new(&repo_dir)), PASSWORD).unwrap();
+    assert!(repo.snapshots().unwrap().is_empty(), "no volume was read");
+
+    // the older session finished: its change frees the younger one
+    let mut finished = older;
+    finished["status"]["phase"] = json!("Succeeded");
+    finished["metadata"]["resourceVersion"] = json!("9");
+    world.lock().unwrap().siblings = vec![finished.clone()];
+    let bs: api::BackupSession = serde_json::from_value(finished).unwrap();
+    agent.handle_backup_session(bs).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("the freed session ran within the deadline")
+        .unwrap();
+
+    let w = world.lock().unwrap();
+    assert_eq!(w.events, ["HostBackupStarted", "HostBackupSucceeded"]);
+    let stats = w.session["status"]["stats"].as_array().unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0]["hostname"], "host-0");
+    assert_eq!(stats[0]["phase"], "Succeeded", "{}", stats[0]);
+    let snaps = repo.snapshots().unwrap();
+    assert_eq!(snaps.len(), 1, "the younger session's backup");
+    assert_eq!(snaps[0].1.hostname, "host-0");
 }
 
 /// The Recovery that waited for web-1 starts when web-1 runs on this node:

@@ -798,3 +798,155 @@ async fn a_batch_session_rolls_up_every_target_in_one_session() {
         .unwrap();
     }
 }
+
+/// One configuration runs one session at a time (issue 7): a user's
+/// session created while `db-1` runs shows that it waits (phase `Pending`,
+/// a `Waiting` condition and message naming `db-1`, one `BackupWaiting`
+/// event) and is re-checked; once `db-1` finished the wait is lifted and
+/// its `timeOut` counts from then, not from its creation.
+#[tokio::test(start_paused = true)]
+async fn a_session_waits_visibly_for_the_older_session_of_its_configuration() {
+    let list_path = format!("{BS}?&fieldSelector=spec.invoker.name%3Ddb");
+    let patch_path = format!("{BS}/db-2/status?&fieldManager=hoard");
+    let older = |phase: Phase| {
+        let mut st = hosts(&[phase]);
+        st.phase = Some(phase);
+        session("db-1", Some(st))
+    };
+    let mut younger = session("db-2", None);
+    younger.metadata.creation_timestamp = Some(Time("2026-03-10T11:00:01Z".parse().unwrap()));
+    let cfg = config(false, "2026-03-10T12:00:00Z");
+
+    // db-1 runs: db-2 waits, says so once, and is re-checked
+    let (c, y) = (cfg.clone(), younger.clone());
+    let written = Arc::new(std::sync::Mutex::new(Value::Null));
+    let w = written.clone();
+    let action = verify_with(
+        now,
+        younger.clone(),
+        super::rollup::reconcile,
+        move |mut api: ApiServer| async move {
+            api.expect(Method::GET, &format!("{BC}/db"), 200, json!(c))
+                .await;
+            api.expect(
+                Method::GET,
+                &list_path,
+                200,
+                list(vec![older(Phase::Running), y.clone()]),
+            )
+            .await;
+            // a waiting session does not even read its target
+            let body = api.expect(Method::PATCH, &patch_path, 200, json!(y)).await;
+            assert_eq!(body["metadata"]["resourceVersion"], "200");
+            let st = &body["status"];
+            assert_eq!(st["phase"], "Pending", "{st}");
+            let msg = "waiting for BackupSession db-1 to finish: BackupConfiguration db runs one session at a time";
+            assert_eq!(st["message"], msg);
+            assert_eq!(st["conditions"][0]["type"], "Waiting");
+            assert_eq!(st["conditions"][0]["status"], "True");
+            assert_eq!(st["conditions"][0]["message"], msg);
+            assert!(st.get("stats").is_none());
+            *w.lock().unwrap() = st.clone();
+            let ev = api.event().await;
+            assert_eq!(
+                (ev["type"].as_str(), ev["reason"].as_str()),
+                (Some("Normal"), Some("BackupWaiting"))
+            );
+            assert!(ev["note"].as_str().unwrap().contains("db-1"), "{ev}");
+            api
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(action, Action::requeue(super::rollup::WAIT_RECHECK));
+    let waiting: BackupSessionStatus =
+        serde_json::from_value(written.lock().unwrap().clone()).unwrap();
+    younger.status = Some(waiting);
+
+    // re-checked while db-1 still runs, an hour after db-2 was created: no
+    // write, no second event, no timeout
+    let (c, y) = (cfg.clone(), younger.clone());
+    let action = verify_with(
+        late,
+        younger.clone(),
+        super::rollup::reconcile,
+        move |mut api: ApiServer| async move {
+            api.expect(Method::GET, &format!("{BC}/db"), 200, json!(c))
+                .await;
+            api.expect(
+                Method::GET,
+                &list_path_of("db"),
+                200,
+                list(vec![older(Phase::Running), y]),
+            )
+            .await;
+            api
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(action, Action::requeue(super::rollup::WAIT_RECHECK));
+
+    // db-1 finished: the wait is lifted (at `late`), without a timeout
+    let (c, y) = (cfg.clone(), younger.clone());
+    let patch_path = format!("{BS}/db-2/status?&fieldManager=hoard");
+    verify_with(
+        late,
+        younger.clone(),
+        super::rollup::reconcile,
+        move |mut api: ApiServer| async move {
+            api.expect(Method::GET, &format!("{BC}/db"), 200, json!(c))
+                .await;
+            api.expect(
+                Method::GET,
+                &list_path_of("db"),
+                200,
+                list(vec![older(Phase::Succeeded), y.clone()]),
+            )
+            .await;
+            api.expect(
+                Method::GET,
+                "/apis/apps/v1/namespaces/demo/statefulsets/db",
+                200,
+                statefulset(1),
+            )
+            .await;
+            let body = api.expect(Method::PATCH, &patch_path, 200, json!(y)).await;
+            let st = &body["status"];
+            assert_ne!(
+                st["phase"], "Failed",
+                "the hour it waited is not held against it: {st}"
+            );
+            assert!(st.get("message").is_none_or(Value::is_null), "{st}");
+            assert_eq!(st["conditions"][0]["type"], "Waiting");
+            assert_eq!(st["conditions"][0]["status"], "False");
+            assert_eq!(
+                st["conditions"][0]["lastTransitionTime"],
+                "2026-03-10T12:00:03Z"
+            );
+            api
+        },
+    )
+    .await
+    .unwrap();
+}
+
+fn list_path_of(config: &str) -> String {
+    format!("{BS}?&fieldSelector=spec.invoker.name%3D{config}")
+}
+
+/// A standalone-PVC session that waits for an older one creates no worker
+/// pod (the older one's worker may hold a ReadWriteOnce PVC): no request.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_session_gets_no_worker_pod() {
+    let (status, _) =
+        super::rollup::waiting_status(&BackupSessionStatus::default(), "db-1", "db", now());
+    let s = session("db-2", Some(status));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(Context::new(Client::new(svc, "default"), now));
+    let action = super::standalone::reconcile(Arc::new(s), ctx)
+        .await
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+    ApiServer(handle).done().await;
+}

@@ -9,6 +9,21 @@
 //! the session's deadline. Session changes wake the scheduler of their
 //! configuration, which records the outcome.
 //!
+//! **One session per configuration at a time.** A cron tick that finds a
+//! session of its configuration unfinished is skipped (`TickSkipped`
+//! condition, `BackupSkipped` warning event naming the session). A
+//! user-created (instant) `BackupSession` is never skipped: it **waits**.
+//! The rule is [`api::backup::session_to_wait_for`] — among a
+//! configuration's unfinished sessions only the first runs (a session a host
+//! already reported on, then the oldest `creationTimestamp`, then the
+//! smaller name) — and the agents apply it before starting any host, so
+//! the controller never races them. The roll-up shows the wait (phase
+//! `Pending`, condition `Waiting`, `status.message` `waiting for
+//! BackupSession <older> to finish`, one `BackupWaiting` event), re-checks
+//! every 30 s, and lifts it (`Waiting` `False`) when the older one
+//! finished; the session's `timeOut` counts from then. Agents start a
+//! waiting session when they see the older one finish.
+//!
 //!
 //! A `RestoreSession` ([`restore`]) makes its target produce fresh pods the
 //! webhook holds (a one-time pod-template annotation on a Deployment,

@@ -7,12 +7,15 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
+use api::backup::{CONDITION_WAITING, session_to_wait_for};
 use api::common::{Phase, TargetRef};
 use api::host::WorkloadKind;
 use api::keys::FIELD_MANAGER;
@@ -88,6 +91,7 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
         .as_ref()
         .map_or(now, |t| t.0);
     let invoker = &session.spec.invoker.name;
+    let mut waiting = None;
 
     let config = Api::<BackupConfiguration>::namespaced(ctx.client.clone(), &ns)
         .get_opt(invoker)
@@ -103,19 +107,55 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
             ),
             None,
         ),
-        Some(config) => match target_hosts(&ctx, &ns, &config).await? {
-            Err(msg) => (failed_status(&old, msg, now), None),
-            Ok(targets) => {
-                // The CRD validates timeOut; an unreadable one (schema
-                // bypassed) falls back to the default rather than never
-                // timing out.
-                let timeout = config
-                    .spec
-                    .timeout()
-                    .unwrap_or(api::phase::DEFAULT_SESSION_TIMEOUT);
-                roll_up_session(&old, &targets, started, timeout, now)
+        Some(config) => {
+            // One session of a configuration at a time: until a host
+            // reported (or the wait was lifted), ask whether an older one
+            // is unfinished — the rule the agents apply before starting.
+            let older = if may_wait(&old) {
+                let lp = ListParams::default().fields(&format!("spec.invoker.name={invoker}"));
+                let siblings = Api::<BackupSession>::namespaced(ctx.client.clone(), &ns)
+                    .list(&lp)
+                    .await?
+                    .items;
+                let me = siblings
+                    .iter()
+                    .find(|s| s.uid() == session.uid())
+                    .unwrap_or(session.as_ref());
+                Some(session_to_wait_for(me, &siblings).map(ResourceExt::name_any))
+            } else {
+                None
+            };
+            match older {
+                Some(Some(older)) => {
+                    let (status, notice) = waiting_status(&old, &older, invoker, now);
+                    waiting = notice;
+                    (status, Some(WAIT_RECHECK))
+                }
+                _ => {
+                    let base = if older.is_some() {
+                        lifted_status(&old, invoker, now)
+                    } else {
+                        old.clone()
+                    };
+                    match target_hosts(&ctx, &ns, &config).await? {
+                        Err(msg) => (failed_status(&base, msg, now), None),
+                        Ok(targets) => {
+                            // The CRD validates timeOut; an unreadable one
+                            // (schema bypassed) falls back to the default
+                            // rather than never timing out.
+                            let timeout = config
+                                .spec
+                                .timeout()
+                                .unwrap_or(api::phase::DEFAULT_SESSION_TIMEOUT);
+                            // A session that waited has its timeOut from
+                            // when it could run.
+                            let started = ran_since(&base).map_or(started, |t| t.max(started));
+                            roll_up_session(&base, &targets, started, timeout, now)
+                        }
+                    }
+                }
             }
-        },
+        }
     };
 
     if status != old {
@@ -135,10 +175,114 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
             ctx.publish(session.as_ref(), &notice).await;
         } else if let Some(notice) = started_notice(&old, &status) {
             ctx.publish(session.as_ref(), &notice).await;
+        } else if let Some(notice) = &waiting {
+            info!(%ns, session = %name, "backup session waits for an older one");
+            ctx.publish(session.as_ref(), notice).await;
         }
     }
     ctx.succeeded(session.as_ref());
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// How often a waiting session re-checks the older one it waits for (the
+/// older one's end does not change the waiting object).
+pub(super) const WAIT_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn waiting_condition(status: &BackupSessionStatus) -> Option<&Condition> {
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == CONDITION_WAITING)
+}
+
+/// Whether the session may still have to wait: no host reported yet and
+/// the wait was not lifted before (once it may run, it stays so).
+fn may_wait(status: &BackupSessionStatus) -> bool {
+    status.stats.as_ref().is_none_or(Vec::is_empty)
+        && waiting_condition(status).is_none_or(|c| c.status == "True")
+}
+
+/// When a session that waited could run (its `Waiting` condition turned
+/// `False`).
+fn ran_since(status: &BackupSessionStatus) -> Option<Timestamp> {
+    waiting_condition(status)
+        .filter(|c| c.status == "False")
+        .map(|c| c.last_transition_time.0)
+}
+
+fn set_waiting(status: &mut BackupSessionStatus, cond: Condition) {
+    let conditions = status.conditions.get_or_insert_with(Vec::new);
+    match conditions.iter_mut().find(|c| c.type_ == CONDITION_WAITING) {
+        Some(c) => *c = cond,
+        None => conditions.push(cond),
+    }
+}
+
+/// The status of a session that waits for `older`, and the event to
+/// publish when it starts waiting (once, not at every re-check). Its
+/// `timeOut` does not run meanwhile.
+pub(super) fn waiting_status(
+    old: &BackupSessionStatus,
+    older: &str,
+    invoker: &str,
+    now: Timestamp,
+) -> (BackupSessionStatus, Option<Notice>) {
+    let msg = format!(
+        "waiting for BackupSession {older} to finish: BackupConfiguration {invoker} runs one session at a time"
+    );
+    let was = waiting_condition(old).filter(|c| c.status == "True");
+    let mut new = old.clone();
+    new.phase = Some(Phase::Pending);
+    new.message = Some(msg.clone());
+    set_waiting(
+        &mut new,
+        Condition {
+            type_: CONDITION_WAITING.into(),
+            status: "True".into(),
+            reason: "OlderSessionUnfinished".into(),
+            message: msg.clone(),
+            observed_generation: None,
+            last_transition_time: was.map_or(Time(now), |c| c.last_transition_time.clone()),
+        },
+    );
+    let notice = was.is_none().then(|| Notice {
+        warning: false,
+        reason: "BackupWaiting",
+        action: "RollUp",
+        note: format!("{msg}; this session starts when it does"),
+    });
+    (new, notice)
+}
+
+/// The status of a session that may run: a wait it showed is lifted
+/// (`Waiting` `False` from `now`, where its `timeOut` starts).
+pub(super) fn lifted_status(
+    old: &BackupSessionStatus,
+    invoker: &str,
+    now: Timestamp,
+) -> BackupSessionStatus {
+    let Some(was) = waiting_condition(old) else {
+        return old.clone();
+    };
+    let mut new = old.clone();
+    if new.message.as_deref() == Some(was.message.as_str()) {
+        new.message = None;
+    }
+    set_waiting(
+        &mut new,
+        Condition {
+            type_: CONDITION_WAITING.into(),
+            status: "False".into(),
+            reason: "OlderSessionFinished".into(),
+            message: format!(
+                "no older session of BackupConfiguration {invoker} is unfinished; this session runs"
+            ),
+            observed_generation: None,
+            last_transition_time: Time(now),
+        },
+    );
+    new
 }
 
 /// Event reasons of one kind of session.

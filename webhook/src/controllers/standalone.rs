@@ -21,6 +21,9 @@
 //! (`hoard.dev/worker-ready: <pod>`), once, which is the event the agents
 //! need to back the PVC up through it.
 //!
+//! A session that waits for an older one of its configuration (condition
+//! `Waiting`) gets no worker until the wait is lifted.
+//!
 //! Data flow: read the session, its configuration and the namespace's pods;
 //! [`plan_pvc_workers`] decides; create and delete pods, annotate the session.
 
@@ -315,6 +318,18 @@ fn has_pvc_target(config: &BackupConfiguration) -> bool {
     })
 }
 
+/// The session waits for an older one of its configuration (its `Waiting`
+/// condition, set by the roll-up, is `True`).
+fn is_waiting(session: &BackupSession) -> bool {
+    session
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == api::backup::CONDITION_WAITING && c.status == "True")
+}
+
 pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = session.name_any();
     let ns = session.namespace().ok_or_else(|| Error::NotNamespaced {
@@ -322,6 +337,13 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
         name: name.clone(),
     })?;
     let uid = session.uid().unwrap_or_default();
+    if is_waiting(&session) {
+        // An older session of the configuration is unfinished (and may hold
+        // the PVC through its own worker): no worker until the roll-up
+        // lifts the wait, which changes the session and brings it back.
+        ctx.succeeded(session.as_ref());
+        return Ok(Action::await_change());
+    }
     let finished = session
         .status
         .as_ref()
