@@ -770,6 +770,7 @@ async fn api_server(mut handle: Handle, world: Arc<Mutex<World>>) {
         let watch = query.split('&').any(|q| q == "watch=true");
         let session_path =
             format!("/apis/hoard.dev/v1beta1/namespaces/{NS}/backupsessions/{SESSION}/status");
+        let ns_sessions = format!("/apis/hoard.dev/v1beta1/namespaces/{NS}/backupsessions");
         match (&method, path.as_str()) {
             (&Method::GET, p) if watch => {
                 let (tx, rx) = unbounded();
@@ -783,7 +784,8 @@ async fn api_server(mut handle: Handle, world: Arc<Mutex<World>>) {
                 }
                 send_body(send, StatusCode::OK, rx);
             }
-            (&Method::GET, SESSIONS) => {
+            // the agent lists a configuration's sessions (one runs at a time)
+            (&Method::GET, p) if p == SESSIONS || p == ns_sessions => {
                 let items = w.session.iter().cloned().collect();
                 let l = w.list("BackupSessionList", items);
                 respond(send, StatusCode::OK, &l);
