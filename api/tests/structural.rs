@@ -394,7 +394,11 @@ fn crd_problems(crd: &Value) -> Vec<String> {
         let at = format!("{name}/{}", v["name"].as_str().unwrap_or("?"));
         let schema = &v["schema"]["openAPIV3Schema"];
         schema_problems(schema, &at, Level::Root, &mut out);
-        if v.pointer("/subresources/status").is_none() {
+        // a kind with a status (all but the RepositoryTemplate) writes it
+        // through the status subresource only
+        if schema.pointer("/properties/status").is_some()
+            && v.pointer("/subresources/status").is_none()
+        {
             out.push(format!("{at}: no status subresource"));
         }
         for c in v["additionalPrinterColumns"]
@@ -430,7 +434,9 @@ fn crd_problems(crd: &Value) -> Vec<String> {
 #[test]
 fn the_shipped_crds_pass_the_api_servers_crd_validation() {
     let docs = yaml_docs(&repo_root().join("manifests/crds.yaml"));
-    assert_eq!(docs.len(), 5);
+    // Repository, RepositoryTemplate, BackupConfiguration, BackupSession,
+    // RestoreSession, Recovery
+    assert_eq!(docs.len(), 6);
     let problems: Vec<String> = docs.iter().flat_map(crd_problems).collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
