@@ -6,15 +6,19 @@
 //! - `hoard_controller_reconcile_duration_seconds{kind}`;
 //! - `hoard_backup_sessions{phase}`: sessions in the cache by phase;
 //! - `hoard_backup_oldest_running_session_age_seconds`: how long the oldest
-//!   unfinished session has been running (a stuck agent shows here first).
+//!   unfinished session has been running (a stuck agent shows here first);
+//! - `hoard_restore_sessions{phase}` and
+//!   `hoard_restore_oldest_running_session_age_seconds`: the same for
+//!   RestoreSessions (a pod held by an unfinished restore shows here).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
 use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use api::BackupSession;
 use api::common::Phase;
+use api::{BackupSession, RestoreSession};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::Error;
 
@@ -36,6 +40,8 @@ pub struct Metrics {
     pub duration: HistogramVec,
     pub sessions: IntGaugeVec,
     pub oldest_running: Gauge,
+    pub restore_sessions: IntGaugeVec,
+    pub restore_oldest_running: Gauge,
 }
 
 impl Default for Metrics {
@@ -85,6 +91,16 @@ impl Metrics {
                 "Age of the oldest BackupSession that has not finished (0: none).",
             )
             .expect("valid metric"),
+            restore_sessions: IntGaugeVec::new(
+                Opts::new("hoard_restore_sessions", "RestoreSessions by phase."),
+                &["phase"],
+            )
+            .expect("valid metric"),
+            restore_oldest_running: Gauge::new(
+                "hoard_restore_oldest_running_session_age_seconds",
+                "Age of the oldest RestoreSession that has not finished (0: none).",
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -110,6 +126,8 @@ impl Metrics {
         registry.register(Box::new(self.duration.clone()))?;
         registry.register(Box::new(self.sessions.clone()))?;
         registry.register(Box::new(self.oldest_running.clone()))?;
+        registry.register(Box::new(self.restore_sessions.clone()))?;
+        registry.register(Box::new(self.restore_oldest_running.clone()))?;
         Ok(())
     }
 
@@ -125,26 +143,59 @@ impl Metrics {
         }
         self.oldest_running.set(oldest);
     }
+
+    /// Sets the restore session gauges from the restore controller's cache.
+    pub fn observe_restore_sessions<'a>(
+        &self,
+        sessions: impl IntoIterator<Item = &'a RestoreSession>,
+        now: Timestamp,
+    ) {
+        let (by_phase, oldest) = session_gauges(sessions, now);
+        for (phase, n) in by_phase {
+            self.restore_sessions.with_label_values(&[phase]).set(n);
+        }
+        self.restore_oldest_running.set(oldest);
+    }
+}
+
+/// What the session gauges read of a backup or restore session.
+pub trait PhasedSession {
+    fn phase(&self) -> Option<Phase>;
+    fn created(&self) -> Option<&Time>;
+}
+
+impl PhasedSession for BackupSession {
+    fn phase(&self) -> Option<Phase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+    fn created(&self) -> Option<&Time> {
+        self.metadata.creation_timestamp.as_ref()
+    }
+}
+
+impl PhasedSession for RestoreSession {
+    fn phase(&self) -> Option<Phase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+    fn created(&self) -> Option<&Time> {
+        self.metadata.creation_timestamp.as_ref()
+    }
 }
 
 /// Sessions per phase (every phase present) and the age in seconds of the
 /// oldest unfinished one. A session without a phase yet counts as Pending.
-pub fn session_gauges<'a>(
-    sessions: impl IntoIterator<Item = &'a BackupSession>,
+pub fn session_gauges<'a, S: PhasedSession + 'a>(
+    sessions: impl IntoIterator<Item = &'a S>,
     now: Timestamp,
 ) -> (BTreeMap<&'static str, i64>, f64) {
     let mut by_phase: BTreeMap<&'static str, i64> =
         PHASES.iter().map(|p| (phase_label(*p), 0)).collect();
     let mut oldest = 0f64;
     for s in sessions {
-        let phase = s
-            .status
-            .as_ref()
-            .and_then(|st| st.phase)
-            .unwrap_or_default();
+        let phase = s.phase().unwrap_or_default();
         *by_phase.entry(phase_label(phase)).or_default() += 1;
         if !phase.is_finished()
-            && let Some(created) = &s.metadata.creation_timestamp
+            && let Some(created) = s.created()
         {
             oldest = oldest.max(now.duration_since(created.0).as_secs_f64().max(0.0));
         }
@@ -218,9 +269,39 @@ mod tests {
         assert_eq!(by["Skipped"], 0);
         assert_eq!(oldest, 3600.0);
         assert_eq!(
-            session_gauges(&[], now),
+            session_gauges::<BackupSession>(&[], now),
             (by.keys().map(|k| (*k, 0)).collect(), 0.0)
         );
+    }
+
+    #[test]
+    fn restore_session_gauges_count_phases_and_the_oldest_running() {
+        let now: Timestamp = "2026-03-10T12:00:00Z".parse().unwrap();
+        let r = |created: &str, phase: Option<Phase>| {
+            let mut r = RestoreSession::new("r", api::RestoreSessionSpec::default());
+            r.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
+            r.status = phase.map(|p| api::RestoreSessionStatus {
+                phase: Some(p),
+                ..Default::default()
+            });
+            r
+        };
+        let sessions = [
+            r("2026-03-10T10:00:00Z", Some(Phase::Running)),
+            r("2026-03-10T11:00:00Z", Some(Phase::Succeeded)),
+            r("2026-03-10T11:50:00Z", None),
+        ];
+        let m = Metrics::new();
+        m.observe_restore_sessions(&sessions, now);
+        let phase = |p: &str| m.restore_sessions.with_label_values(&[p]).get();
+        assert_eq!(
+            (phase("Running"), phase("Succeeded"), phase("Pending")),
+            (1, 1, 1)
+        );
+        assert_eq!(phase("Failed"), 0);
+        assert_eq!(m.restore_oldest_running.get(), 7200.0);
+        // the backup gauges are untouched
+        assert_eq!(m.sessions.with_label_values(&["Running"]).get(), 0);
     }
 
     #[test]
@@ -230,15 +311,19 @@ mod tests {
         m.register(&r).unwrap();
         m.reconciles.with_label_values(&["BackupSession"]).inc();
         m.observe_sessions(&[], "2026-03-10T12:00:00Z".parse().unwrap());
+        m.observe_restore_sessions(&[], "2026-03-10T12:00:00Z".parse().unwrap());
         let names: Vec<String> = r.gather().iter().map(|f| f.name().to_string()).collect();
         assert!(
             names.contains(&"hoard_controller_reconciles_total".to_string()),
             "{names:?}"
         );
-        assert!(
-            names.contains(&"hoard_backup_sessions".to_string()),
-            "{names:?}"
-        );
+        for name in [
+            "hoard_backup_sessions",
+            "hoard_restore_sessions",
+            "hoard_restore_oldest_running_session_age_seconds",
+        ] {
+            assert!(names.contains(&name.to_string()), "{name}: {names:?}");
+        }
         // registering twice is refused, not silently duplicated
         assert!(m.register(&r).is_err());
     }

@@ -520,20 +520,42 @@ pub async fn run_controllers(
     let restores = Controller::new(
         Api::<DeserializeGuard<RestoreSession>>::all(client.clone()),
         wc.clone(),
-    )
-    .owns(Api::<Pod>::all(client.clone()), workers)
-    .with_config(cc.clone())
-    .graceful_shutdown_on(shutdown.clone())
-    .run(
-        |g, ctx| guarded(g, ctx, restore::reconcile),
-        error_policy,
-        ctx.clone(),
-    )
-    .for_each(|r| async move {
-        if let Ok((obj, _)) = r {
-            tracing::debug!(name = %obj.name, ns = ?obj.namespace, "restore reconciled");
+    );
+    // RestoreSessions by phase and the oldest unfinished one.
+    let restore_sessions = restores.store();
+    let restore_gauges = {
+        let (metrics, stop) = (ctx.metrics.clone(), shutdown.clone());
+        async move {
+            let tick = async {
+                loop {
+                    let all = restore_sessions.state();
+                    metrics.observe_restore_sessions(
+                        all.iter().filter_map(|g| g.0.as_ref().ok()),
+                        Timestamp::now(),
+                    );
+                    tokio::time::sleep(GAUGE_INTERVAL).await;
+                }
+            };
+            tokio::select! {
+                () = tick => {}
+                () = stop => {}
+            }
         }
-    });
+    };
+    let restores = restores
+        .owns(Api::<Pod>::all(client.clone()), workers)
+        .with_config(cc.clone())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |g, ctx| guarded(g, ctx, restore::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| async move {
+            if let Ok((obj, _)) = r {
+                tracing::debug!(name = %obj.name, ns = ?obj.namespace, "restore reconciled");
+            }
+        });
 
     let auto_deployments = auto_backup_controller::<Deployment>(
         client.clone(),
@@ -558,6 +580,7 @@ pub async fn run_controllers(
         gauges,
         standalone,
         restores,
+        restore_gauges,
         auto_deployments,
         auto_statefulsets,
         auto_daemonsets
