@@ -2060,6 +2060,23 @@ const WAITING: &str = "waiting for pod web-1 (host-1) of StatefulSet demo/web to
 /// `status.retention`, so retention runs exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_survives_an_agent_restart_and_runs_once() {
+    retention_after_a_restart(None).await;
+}
+
+/// The agent died while applying retention (`status.retention` says
+/// Running on node-a): the next process on node-a takes the run over and
+/// finishes it, once — a claim left Running never stays Running forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_left_running_by_a_dead_process_is_taken_over_once() {
+    retention_after_a_restart(Some(json!({
+        "phase": "Running", "node": "node-a", "startTime": "2026-03-10T12:00:00Z"
+    })))
+    .await;
+}
+
+/// See the two tests above: `prior` is the `status.retention` the session
+/// already carries when the new agent process sees it `Succeeded`.
+async fn retention_after_a_restart(prior: Option<Value>) {
     use nodeagent::work::{HostProgress, HostVolume, TransferSettings, run_backup_host};
     let t = tempfile::tempdir().unwrap();
     let kroot = t.path().join("kubelet");
@@ -2112,6 +2129,10 @@ async fn retention_survives_an_agent_restart_and_runs_once() {
              "target": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web"}}
         ]}
     });
+    let mut succeeded = succeeded;
+    if let Some(prior) = prior {
+        succeeded["status"]["retention"] = prior;
+    }
     let world = Arc::new(std::sync::Mutex::new(World {
         config: cfg,
         node_scoped: Some("node-a".into()),

@@ -15,7 +15,10 @@
 //!
 //! Exactly once: the owner host is computed from the session's status, the
 //! same on every node, and the claim is a compare-and-swap on the session,
-//! so a restarted process or a second candidate finds it taken. Never two
+//! so a restarted process or a second candidate finds it taken. A claim
+//! left `Running` by a process that died is taken over by the next agent
+//! process on the node that claimed it (forget and prune are safe to run
+//! again: a half-done prune leaves a valid repository). Never two
 //! at once on a repository: forget holds the exclusive repository lock (as restic's
 //! does), so a concurrent forget/prune — or a backup, which holds a shared
 //! lock — makes it wait and retry ([`LOCK_RETRIES`]).
@@ -157,9 +160,13 @@ impl Agent {
         let Some(status) = bs.status.as_ref() else {
             return;
         };
-        if status.retention.is_some() {
-            return;
-        }
+        // A run this node claimed but no process of it is doing (the agent
+        // died or restarted mid-run) is taken over; any other claim is final.
+        let takeover = match status.retention.as_ref() {
+            None => false,
+            Some(r) if self.left_running_here(r) => true,
+            Some(_) => return,
+        };
         let Some((host, target)) = retention_owner(status.stats.as_deref().unwrap_or_default())
         else {
             return;
@@ -185,7 +192,7 @@ impl Agent {
         tokio::spawn(async move {
             // A process that did not run the host (it restarted since, or
             // the pod moved) asks its node's pods whose the host is now.
-            let mine = ran_it || agent.owns_host(&bs, &host, target.as_ref()).await;
+            let mine = ran_it || takeover || agent.owns_host(&bs, &host, target.as_ref()).await;
             if mine
                 && agent
                     .retention_started
@@ -193,9 +200,19 @@ impl Agent {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(uid)
             {
-                agent.run_retention(&bs).await;
+                if takeover {
+                    tracing::info!(session = %bs.name_any(), "retention was left Running by an earlier agent process on this node: taking it over");
+                }
+                agent.run_retention(&bs, takeover).await;
             }
         });
+    }
+
+    /// Whether `r` is a run this node's agent claimed and left `Running`.
+    /// Called only where this process has not started the session's run,
+    /// so a process of this node that did is gone.
+    fn left_running_here(&self, r: &RetentionStatus) -> bool {
+        r.phase == Some(Phase::Running) && r.node.as_deref() == Some(self.node.as_str())
     }
 
     /// Whether this node owns `host` of `target` for backups now.
@@ -219,9 +236,16 @@ impl Agent {
     }
 
     /// Claims the session's retention by writing `status.retention`
-    /// (Running) only where there is none, guarded by resourceVersion:
-    /// however many agents or restarted processes try, one succeeds.
-    async fn claim_retention(&self, bs: &BackupSession, st: &RetentionStatus) -> bool {
+    /// (Running) only where there is none — or, with `takeover`, where this
+    /// node's dead process left its claim `Running` — guarded by
+    /// resourceVersion: however many agents or restarted processes try, one
+    /// succeeds.
+    async fn claim_retention(
+        &self,
+        bs: &BackupSession,
+        st: &RetentionStatus,
+        takeover: bool,
+    ) -> bool {
         let api: Api<BackupSession> =
             Api::namespaced(self.client.clone(), &bs.namespace().unwrap_or_default());
         let name = bs.name_any();
@@ -233,8 +257,13 @@ impl Agent {
                     return false;
                 }
             };
-            if cur.status.as_ref().is_none_or(|s| s.retention.is_some()) {
+            let Some(cur_status) = cur.status.as_ref() else {
                 return false;
+            };
+            match &cur_status.retention {
+                None => {}
+                Some(r) if takeover && self.left_running_here(r) => {}
+                Some(_) => return false,
             }
             let patch = json!([
                 {"op": "test", "path": "/metadata/resourceVersion", "value": cur.resource_version()},
@@ -287,7 +316,7 @@ impl Agent {
         }
     }
 
-    async fn run_retention(self: &Arc<Self>, bs: &BackupSession) {
+    async fn run_retention(self: &Arc<Self>, bs: &BackupSession, takeover: bool) {
         let ns = bs.namespace().unwrap_or_default();
         let session = bs.name_any();
         let cfg_name = bs.spec.invoker.name.clone();
@@ -309,6 +338,7 @@ impl Agent {
                     start_time: Some(now()),
                     ..Default::default()
                 },
+                takeover,
             )
             .await;
         if !claimed {
