@@ -72,7 +72,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
@@ -458,26 +458,14 @@ pub async fn run_controllers(
         wc.clone(),
     );
     // Sessions by phase and the oldest running one, from the roll-up's cache.
-    let sessions = rollup.store();
-    let gauges = {
-        let (metrics, stop) = (ctx.metrics.clone(), shutdown.clone());
-        async move {
-            let tick = async {
-                loop {
-                    let all = sessions.state();
-                    metrics.observe_sessions(
-                        all.iter().filter_map(|g| g.0.as_ref().ok()),
-                        Timestamp::now(),
-                    );
-                    tokio::time::sleep(GAUGE_INTERVAL).await;
-                }
-            };
-            tokio::select! {
-                () = tick => {}
-                () = stop => {}
-            }
-        }
-    };
+    let gauges = refresh_gauges(
+        rollup.store(),
+        {
+            let metrics = ctx.metrics.clone();
+            move |all| metrics.observe_sessions(all, Timestamp::now())
+        },
+        shutdown.clone(),
+    );
     let rollup = rollup
         .with_config(cc.clone())
         .graceful_shutdown_on(shutdown.clone())
@@ -522,26 +510,14 @@ pub async fn run_controllers(
         wc.clone(),
     );
     // RestoreSessions by phase and the oldest unfinished one.
-    let restore_sessions = restores.store();
-    let restore_gauges = {
-        let (metrics, stop) = (ctx.metrics.clone(), shutdown.clone());
-        async move {
-            let tick = async {
-                loop {
-                    let all = restore_sessions.state();
-                    metrics.observe_restore_sessions(
-                        all.iter().filter_map(|g| g.0.as_ref().ok()),
-                        Timestamp::now(),
-                    );
-                    tokio::time::sleep(GAUGE_INTERVAL).await;
-                }
-            };
-            tokio::select! {
-                () = tick => {}
-                () = stop => {}
-            }
-        }
-    };
+    let restore_gauges = refresh_gauges(
+        restores.store(),
+        {
+            let metrics = ctx.metrics.clone();
+            move |all| metrics.observe_restore_sessions(all, Timestamp::now())
+        },
+        shutdown.clone(),
+    );
     let restores = restores
         .owns(Api::<Pod>::all(client.clone()), workers)
         .with_config(cc.clone())
@@ -587,6 +563,29 @@ pub async fn run_controllers(
     );
     info!("controllers stopped");
     Ok(())
+}
+
+/// Feeds the objects of a controller's cache (those that decoded) to
+/// `observe` every [`GAUGE_INTERVAL`] until `stop`.
+async fn refresh_gauges<K>(
+    store: reflector::Store<DeserializeGuard<K>>,
+    observe: impl Fn(Vec<&K>),
+    stop: impl Future<Output = ()>,
+) where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let tick = async {
+        loop {
+            let all = store.state();
+            observe(all.iter().filter_map(|g| g.0.as_ref().ok()).collect());
+            tokio::time::sleep(GAUGE_INTERVAL).await;
+        }
+    };
+    tokio::select! {
+        () = tick => {}
+        () = stop => {}
+    }
 }
 
 /// The auto-backup controller of one workload kind. A workload's status
